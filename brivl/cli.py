@@ -1,0 +1,263 @@
+"""``python -m brivl``: data, tokenizer, Lightning runs (fit/validate/test), export, eval, demo.
+
+Lightning subcommands go to LightningCLI::
+
+    python -m brivl fit --config configs/brivl-emoji.yaml
+    python -m brivl fit --config configs/brivl-emoji.yaml --ckpt_path last   # resume
+
+Everything else is argparse (``python -m brivl COMMAND --help``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DEFAULT_DATA = "data/emoji"
+DEFAULT_MODEL = "models/brivl-emoji"
+
+
+class CLIError(Exception):
+    """An input error reported as one line, without a traceback."""
+
+
+def lightning_main(argv: list[str]) -> None:
+    from pytorch_lightning.cli import LightningCLI
+
+    from .data.datamodule import ShardDataModule
+    from .system import DualTowerSystem
+
+    LightningCLI(DualTowerSystem, ShardDataModule, args=argv, save_config_kwargs={"overwrite": True},
+                 seed_everything_default=0)
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def cmd_data_emoji(a) -> None:
+    from .data.emoji import build_emoji_dataset
+    from .tokenizer import train_tokenizer
+
+    m = build_emoji_dataset(a.out, size=a.size, langs=a.langs, val_frac=a.val_frac, test_frac=a.test_frac,
+                            seed=a.seed, derived=a.derived, maxcount=a.maxcount, limit=a.limit)
+    print(f"wrote {m['counts']['rendered']} emoji to {a.out}: "
+          + ", ".join(f"{k} {v['count']}" for k, v in m["splits"].items())
+          + f"; dropped {m['counts']['dropped']}; {len(m['languages'])} languages")
+    if a.vocab_size:
+        out = train_tokenizer(corpus_texts(a.out, a.tokenizer_view, a.tokenizer_langs), Path(a.out) / "tokenizer",
+                              a.vocab_size)
+        print(f"tokenizer ({a.vocab_size} pieces, {a.tokenizer_view} text) -> {out}")
+
+
+def corpus_texts(data_dir: str, view: str, langs: list[str] | None) -> list[str]:
+    """Names, captions and keywords of a view, for tokenizer training."""
+    from .data.datamodule import load_view
+
+    samples, _ = load_view(data_dir, view)
+    texts = []
+    for s in samples:
+        for field in ("captions", "keywords"):
+            for lang, vals in (s["meta"].get(field) or {}).items():
+                if langs is None or lang in langs:
+                    texts.extend(vals)
+    if not texts:
+        raise CLIError(f"no text found in {data_dir} view {view} for languages {langs}")
+    return texts
+
+
+def cmd_tokenizer(a) -> None:
+    from .tokenizer import train_tokenizer
+
+    out = train_tokenizer(corpus_texts(a.data, a.view, a.langs), a.out, a.vocab_size)
+    print(f"tokenizer -> {out}")
+
+
+def cmd_models(a) -> None:
+    from .model import list_models
+
+    print("\n".join(list_models()))
+
+
+def load_system_checkpoint(ckpt: str, config: str | None):
+    """A DualTowerSystem's DualTower from a Lightning checkpoint (weights only, no unpickling of code)."""
+    import torch
+
+    from .model import _load_state_checked, create_model
+
+    if not os.path.exists(ckpt):
+        raise CLIError(f"checkpoint {ckpt} not found")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = dict(state.get("hyper_parameters", {}))
+    if config:
+        import yaml
+
+        hp.update((yaml.safe_load(Path(config).read_text()) or {}).get("model", {}).get("init_args", {}))
+    model = create_model(hp.get("model", "brivl-tiny"), tokenizer=hp.get("tokenizer"))
+    sd = {k[len("model.clip."):]: v for k, v in state["state_dict"].items() if k.startswith("model.clip.")}
+    _load_state_checked(model.clip, sd, ckpt)
+    model.info.update({"trained_with": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, list))}})
+    return model
+
+
+def cmd_export(a) -> None:
+    model = load_system_checkpoint(a.ckpt, a.config)
+    model.info["name"] = Path(a.out).name
+    if a.langs:
+        model.info["languages"] = a.langs
+    extra = {}
+    if a.config:
+        extra["config.yaml"] = Path(a.config).read_text()
+    if a.eval_data:
+        extra["eval.json"] = {v: run_eval(model, a.eval_data, v, a.langs or None, name=a.out)
+                              for v in ("closed", "test")}
+    out = model.save_pretrained(a.out, extra)
+    print(f"exported {a.ckpt} -> {out}")
+    for v, res in extra.get("eval.json", {}).items():
+        from .evaluate import format_table
+
+        print(format_table(res, f"view: {v}"))
+
+
+def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "") -> dict:
+    from .data.datamodule import load_manifest, load_view, to_tensor
+    from .data.emoji import M9
+    from .evaluate import evaluate_model
+
+    import torch
+
+    manifest = load_manifest(data)
+    samples, stats = load_view(data, view)
+    if not samples:
+        raise CLIError(f"view {view!r} of {data} has no samples")
+    langs = langs or [lang for lang in M9 if lang in manifest.get("languages", M9)] or manifest.get("languages")
+    if not any((s["meta"].get("captions") or {}).get(lang) for s in samples for lang in langs):
+        have = sorted({k for s in samples for k in (s["meta"].get("captions") or {})})
+        raise CLIError(f"no captions in languages {langs} in {data}; it has: {' '.join(have)}")
+    mean, std = model.image_mean_std
+    images = torch.stack([to_tensor(s["image"], model.image_size, mean, std) for s in samples])
+    res = evaluate_model(model, images, [s["meta"] for s in samples], langs)
+    res.update({"model": name, "view": view, "data": str(data), "skipped": stats.skipped})
+    return res
+
+
+def cmd_eval(a) -> None:
+    from .evaluate import format_table
+    from .model import create_model
+
+    model = create_model(a.model)
+    res = run_eval(model, a.data, a.view, a.langs, name=a.model)
+    if a.json:
+        print(json.dumps(res, ensure_ascii=False))
+    else:
+        print(format_table(res, f"{a.model} on {a.data} [{a.view}] ({res['n_images']} images)"))
+
+
+def cmd_plot(a) -> None:
+    from .plots import plot_loss_curve
+
+    print(plot_loss_curve(a.metrics, a.out or Path(a.metrics).with_name("loss_curve.png")))
+
+
+def cmd_demo(a) -> None:
+    from .demo import run_demo
+
+    run_demo(a.model, a.data, a.queries)
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data.emoji import M9, M18
+
+    p = argparse.ArgumentParser(prog="python -m brivl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for c in LIGHTNING_COMMANDS:
+        sub.add_parser(c, help=f"Lightning {c} (LightningCLI; --config configs/*.yaml; see `{c} --help`)")
+
+    d = sub.add_parser("data", help="build datasets as WebDataset shards")
+    dsub = d.add_subparsers(dest="data_command", metavar="KIND", required=True)
+    e = dsub.add_parser("emoji", help="Noto Color Emoji x CLDR annotations (Debian packages)")
+    e.add_argument("--out", default=DEFAULT_DATA)
+    e.add_argument("--size", type=int, default=64, help="image side in px (default 64)")
+    e.add_argument("--langs", nargs="+", default=None, help="languages to keep (default: all CLDR base languages)")
+    e.add_argument("--val-frac", type=float, default=0.05)
+    e.add_argument("--test-frac", type=float, default=0.05)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--derived", action="store_true", help="include derived sequences (skin tones ...)")
+    e.add_argument("--maxcount", type=int, default=200, help="samples per shard")
+    e.add_argument("--limit", type=int, default=None, help="only an evenly spread subset of N candidates")
+    e.add_argument("--vocab-size", type=int, default=8000, help="also train a tokenizer (0: skip)")
+    e.add_argument("--tokenizer-view", default="train+val", help="text the tokenizer learns from (never test)")
+    e.add_argument("--tokenizer-langs", nargs="+", default=list(M18))
+    e.set_defaults(func=cmd_data_emoji)
+    try:
+        from .data.importer import add_import_parser
+
+        add_import_parser(dsub)
+    except ImportError:
+        pass
+
+    t = sub.add_parser("tokenizer", help="train a multilingual Unigram tokenizer on a data folder's text")
+    t.add_argument("--data", default=DEFAULT_DATA)
+    t.add_argument("--view", default="train+val")
+    t.add_argument("--langs", nargs="+", default=None)
+    t.add_argument("--vocab-size", type=int, default=8000)
+    t.add_argument("--out", required=True)
+    t.set_defaults(func=cmd_tokenizer)
+
+    m = sub.add_parser("models", help="list known model configs")
+    m.set_defaults(func=cmd_models)
+
+    x = sub.add_parser("export", help="Lightning checkpoint -> model folder (safetensors + config + tokenizer)")
+    x.add_argument("--ckpt", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--config", default=None, help="the run's config.yaml, copied into the folder")
+    x.add_argument("--eval-data", default=None, help="evaluate on this data folder and write eval.json")
+    x.add_argument("--langs", nargs="+", default=None)
+    x.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("eval", help="per-language retrieval R@1/5/10 and zero-shot accuracy")
+    v.add_argument("--model", default=DEFAULT_MODEL, help="model folder or config name")
+    v.add_argument("--data", default=DEFAULT_DATA)
+    v.add_argument("--view", default="closed", help="closed (every emoji) | test (held-out) | a split name")
+    v.add_argument("--langs", nargs="+", default=None, help=f"default: {' '.join(M9)}")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.set_defaults(func=cmd_eval)
+
+    pl_ = sub.add_parser("plot", help="loss curve PNG from a Lightning metrics.csv")
+    pl_.add_argument("metrics")
+    pl_.add_argument("--out", default=None)
+    pl_.set_defaults(func=cmd_plot)
+
+    dm = sub.add_parser("demo", help="retrieval table + example multilingual queries with the shipped model")
+    dm.add_argument("--model", default=DEFAULT_MODEL)
+    dm.add_argument("--data", default=DEFAULT_DATA)
+    dm.add_argument("--queries", nargs="*", default=None)
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        lightning_main(argv)
+        return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from .data.emoji import MissingSourceError
+    from .model import ConfigMismatchError, UnknownModelError
+
+    try:
+        args.func(args)
+    except (CLIError, MissingSourceError, UnknownModelError, ConfigMismatchError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

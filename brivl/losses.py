@@ -1,0 +1,117 @@
+"""Contrastive losses for the dual tower.
+
+* In-batch symmetric InfoNCE: open_clip's ``ClipLoss`` (features gathered across DDP ranks).
+* BriVL's cross-modal momentum-queue loss (Huo et al., 2021, after MoCo, He et al., 2020):
+  momentum copies of both towers give keys; an image-key queue and a text-key queue hold the last K
+  keys; InfoNCE both ways over 1 positive (the momentum key of the pair) + K queue negatives.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def make_clip_loss() -> nn.Module:
+    """open_clip's ClipLoss set up for the current process group (global negatives under DDP)."""
+    from open_clip.loss import ClipLoss
+
+    rank, world = dist_info()
+    return ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Gather a tensor from every rank (no gradient): keys to enqueue."""
+    rank, world = dist_info()
+    if world == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+class MomentumEncoder(nn.Module):
+    """An EMA copy of a module, never trained by gradients: ``k = m * k + (1 - m) * q``."""
+
+    def __init__(self, module: nn.Module, momentum: float):
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.module = copy.deepcopy(module)
+        self.module.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, online: nn.Module) -> None:
+        for k, q in zip(self.module.parameters(), online.parameters()):
+            k.mul_(self.momentum).add_(q.detach(), alpha=1.0 - self.momentum)
+        for k, q in zip(self.module.buffers(), online.buffers()):
+            k.copy_(q)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+class MomentumQueueLoss(nn.Module):
+    """BriVL's cross-modal momentum-queue InfoNCE.
+
+    forward(q_img, q_txt, k_img, k_txt): queries from the online towers (B, D), keys from the momentum
+    towers (B, D), all L2-normalized. Image queries are scored against their text key (positive) and the
+    text-key queue (negatives); text queries against their image key and the image-key queue. The
+    global batch of keys is then enqueued. Queue slots not yet filled are masked out.
+    """
+
+    def __init__(self, embed_dim: int, queue_size: int = 4096, temperature: float = 0.07):
+        super().__init__()
+        if queue_size <= 0:
+            raise ValueError(f"queue_size must be > 0, got {queue_size}")
+        self.queue_size = queue_size
+        self.temperature = temperature
+        self.register_buffer("image_queue", torch.zeros(queue_size, embed_dim))
+        self.register_buffer("text_queue", torch.zeros(queue_size, embed_dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    def check_batch(self, global_batch: int) -> None:
+        if self.queue_size % global_batch:
+            raise ValueError(
+                f"queue_size {self.queue_size} must be a multiple of the global batch {global_batch} "
+                f"(batch per device x devices x nodes); e.g. queue_size={global_batch * max(1, self.queue_size // global_batch)}"
+            )
+
+    def _infonce(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+        pos = (q * k).sum(dim=-1, keepdim=True)  # (B, 1)
+        neg = q @ queue.T  # (B, K)
+        if self.filled < self.queue_size:
+            neg = neg.masked_fill(torch.arange(self.queue_size, device=q.device) >= self.filled, float("-inf"))
+        logits = torch.cat([pos, neg], dim=1) / self.temperature  # (B, 1 + K)
+        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+    @torch.no_grad()
+    def _enqueue(self, k_img: torch.Tensor, k_txt: torch.Tensor) -> None:
+        k_img, k_txt = concat_all_gather(k_img), concat_all_gather(k_txt)
+        n = k_img.shape[0]
+        self.check_batch(n)
+        p = int(self.ptr)
+        self.image_queue[p:p + n] = k_img
+        self.text_queue[p:p + n] = k_txt
+        self.ptr.fill_((p + n) % self.queue_size)
+        self.filled.fill_(min(self.queue_size, int(self.filled) + n))
+
+    def forward(self, q_img, q_txt, k_img, k_txt) -> torch.Tensor:
+        k_img, k_txt = k_img.detach(), k_txt.detach()
+        loss_i2t = self._infonce(q_img, k_txt, self.text_queue.clone().detach())
+        loss_t2i = self._infonce(q_txt, k_img, self.image_queue.clone().detach())
+        if self.training:
+            self._enqueue(k_img, k_txt)
+        return (loss_i2t + loss_t2i) / 2

@@ -1,0 +1,116 @@
+"""The LightningModule that trains a :class:`~brivl.model.DualTower` contrastively.
+
+``loss="clip"``: in-batch symmetric InfoNCE (open_clip's ClipLoss, learnable logit scale).
+``loss="moco"``: BriVL's cross-modal momentum-queue loss (fixed temperature, momentum towers).
+"""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from .data.emoji import M9
+from .evaluate import evaluate_model, mean_over_languages
+from .losses import MomentumEncoder, MomentumQueueLoss, make_clip_loss
+from .model import DualTower, create_model
+
+
+class DualTowerSystem(pl.LightningModule):
+    def __init__(
+        self,
+        model: str = "brivl-tiny",
+        tokenizer: str | None = None,
+        pretrained: str | None = None,
+        loss: str = "clip",
+        queue_size: int = 4096,
+        momentum: float = 0.99,
+        temperature: float = 0.07,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+        eval_langs: list[str] = list(M9),
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if loss not in ("clip", "moco"):
+            raise ValueError(f"loss must be 'clip' or 'moco', got {loss!r}")
+        self.model: DualTower = create_model(model, pretrained=pretrained, tokenizer=tokenizer)
+        if self.model.tokenizer is None:
+            raise ValueError(f"model {model!r} needs a tokenizer: set model.tokenizer to a tokenizer folder "
+                             "(e.g. data/emoji/tokenizer, built by `python -m brivl data emoji`)")
+        self.clip_loss = None
+        if loss == "moco":
+            self.momentum_model = MomentumEncoder(self.model.clip, momentum)
+            self.queue_loss = MomentumQueueLoss(self.model.embed_dim, queue_size, temperature)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "configure_preprocess"):
+            mean, std = self.model.image_mean_std
+            dm.configure_preprocess(self.model.image_size, mean, std)
+        if self.hparams.loss == "clip":
+            self.clip_loss = make_clip_loss()  # after the process group exists
+        elif stage == "fit" and dm is not None:
+            self.queue_loss.check_batch(dm.hparams.batch_size * self.trainer.world_size)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        images = batch["images"]  # (B, 3, S, S)
+        ids = self.model.tokenize(batch["texts"]).to(self.device)  # (B, L)
+        if self.hparams.loss == "clip":
+            out = self.model(images, ids)
+            loss = self.clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+            self.log("logit_scale", out["logit_scale"], prog_bar=False)
+        else:
+            q_img, q_txt = self.model.encode_image(images), self.model.encode_text(ids)
+            with torch.no_grad():
+                self.momentum_model.update(self.model.clip)
+                k_img = self.momentum_model.module.encode_image(images, normalize=True)
+                k_txt = self.momentum_model.module.encode_text(ids, normalize=True)
+            loss = self.queue_loss(q_img, q_txt, k_img, k_txt)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        with torch.no_grad():  # CLIP's clamp of the learnable temperature (logit scale <= 100)
+            self.model.clip.logit_scale.clamp_(0, math.log(100))
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_view(self, batch, prefix: str) -> dict:
+        result = evaluate_model(self.model, batch["images"], batch["metas"], self.hparams.eval_langs, zeroshot=False)
+        for lang, m in result["languages"].items():
+            self.log(f"{prefix}/t2i_R@1/{lang}", m["t2i"]["R@1"], batch_size=1)
+        self.log(f"{prefix}/t2i_R@1", mean_over_languages(result, "t2i"), prog_bar=True, batch_size=1)
+        self.log(f"{prefix}/i2t_R@1", mean_over_languages(result, "i2t"), batch_size=1)
+        self.log(f"{prefix}/t2i_R@10", mean_over_languages(result, "t2i", "R@10"), batch_size=1)
+        return result
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_view(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_view(batch, "test")
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "embedding" in n or "logit_scale" in n else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine to 0
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            t = (step - hp.warmup_steps) / max(1, total - hp.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

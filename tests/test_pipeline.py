@@ -1,0 +1,104 @@
+"""End to end through the CLI: emoji data -> Lightning fit (both losses) -> resume -> export -> eval --json."""
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from brivl.cli import main
+from brivl.data.emoji import M9
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+def test_emoji_dataset_is_deterministic_and_multilingual(emoji_small, tmp_path):
+    m = json.loads((emoji_small / "manifest.json").read_text())
+    assert m["counts"]["rendered"] == sum(s["count"] for s in m["splits"].values()) > 50
+    assert set(m["splits"]) == {"train", "val", "test"} and m["splits"]["test"]["count"] > 0
+    assert m["counts"]["candidates"] == m["counts"]["rendered"] + sum(m["counts"]["dropped"].values())
+    assert main(["data", "emoji", "--out", str(tmp_path), "--limit", "120", "--langs", *M9, "--maxcount", "40",
+                 "--vocab-size", "0", "--val-frac", "0.1", "--test-frac", "0.1"]) == 0
+    assert _digest(tmp_path) == _digest(emoji_small)  # byte-identical shards
+    with tarfile.open(emoji_small / m["splits"]["train"]["shards"][0]) as tar:
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
+    assert {n.rsplit(".", 1)[1] for n in names} == {"png", "txt", "json"}
+    assert set(M9) <= set(meta["names"]) and set(M9) <= set(meta["captions"])
+    assert meta["split"] == "train" and meta["id"] == names[0].split(".")[0]
+
+
+def _fit(tmp_path, data, *extra, steps=4, name="run"):
+    args = ["fit", "--config", str(Path(__file__).parents[1] / "configs" / "brivl-emoji.yaml"),
+            "--model.model", "brivl-nano", "--model.tokenizer", str(data / "tokenizer"),
+            "--data.data_dir", str(data), "--data.batch_size", "8", "--data.num_workers", "0",
+            "--data.train_view", "train", "--data.val_view", "val",
+            "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", name,
+            "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", "--model.warmup_steps", "2",
+            *extra]
+    assert main(args) == 0
+    return next((tmp_path / name).glob("version_*"))
+
+
+def test_fit_resume_export_eval(emoji_small, tmp_path, capsys):
+    run = _fit(tmp_path, emoji_small)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.exists() and (run / "metrics.csv").exists() and (run / "loss_curve.png").exists()
+    rows = (run / "metrics.csv").read_text()
+    assert "train/loss" in rows and "val/t2i_R@1" in rows
+    # resume from the checkpoint for two more steps
+    run2 = _fit(tmp_path, emoji_small, "--ckpt_path", str(ckpt), steps=6, name="resumed")
+    assert (run2 / "checkpoints" / "last.ckpt").exists()
+    out = tmp_path / "model"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--config", str(run / "config.yaml")]) == 0
+    assert {"open_clip_model.safetensors", "open_clip_config.json", "tokenizer.json", "config.yaml"} <= {
+        p.name for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--data", str(emoji_small), "--view", "test", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["view"] == "test" and set(res["languages"]) == set(M9)
+    for lang in M9:
+        for d in ("t2i", "i2t"):
+            assert set(res["languages"][lang][d]) >= {"R@1", "R@5", "R@10"}
+            assert 0.0 <= res["languages"][lang][d]["R@1"] <= res["languages"][lang][d]["R@10"] <= 1.0
+        assert 0.0 <= res["zeroshot"][lang]["acc@1"] <= res["zeroshot"][lang]["acc@5"] <= 1.0
+
+
+def test_fit_with_momentum_queue(emoji_small, tmp_path):
+    run = _fit(tmp_path, emoji_small, "--model.loss", "moco", "--model.queue_size", "16", steps=3, name="moco")
+    assert "train/loss" in (run / "metrics.csv").read_text()
+
+
+def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(emoji_small, data)
+    m = json.loads((data / "manifest.json").read_text())
+    shard = data / m["splits"]["train"]["shards"][0]
+    with tarfile.open(shard) as tar:
+        members = [(ti, tar.extractfile(ti).read()) for ti in tar]
+    with tarfile.open(shard, "w") as tar:  # corrupt the first image and the second json
+        for i, (ti, data_) in enumerate(members):
+            if i == 1:
+                data_ = b"not a png"
+            if i == 3:
+                data_ = b"{broken"
+            ti.size = len(data_)
+            tar.addfile(ti, io.BytesIO(data_))
+    _fit(tmp_path, data, steps=2, name="corrupt")
+
+
+def test_bad_inputs_give_one_line_errors(emoji_small, tmp_path, capsys):
+    assert main(["eval", "--model", "no-such-model", "--data", str(emoji_small)]) == 2
+    assert "Known configs" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "missing"), "--data", str(emoji_small)]) == 2
+    assert "No folder" in capsys.readouterr().err
+    assert main(["eval", "--model", "brivl-nano", "--data", str(tmp_path)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    assert main(["export", "--ckpt", str(tmp_path / "x.ckpt"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
