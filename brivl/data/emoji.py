@@ -1,0 +1,210 @@
+"""The embedded default dataset: Noto Color Emoji renders x CLDR multilingual annotations.
+
+Sources (Debian packages, nothing downloaded):
+  * ``fonts-noto-color-emoji``: NotoColorEmoji.ttf, a CBDT bitmap font rendered by Pillow at 109 px.
+  * ``unicode-cldr-core``: ``annotations/<lang>.xml`` with a short name (``type="tts"``) and a
+    ``|``-separated keyword list per emoji, in 100+ languages.
+
+Output: WebDataset shards per concept split (train / val / test), each sample
+``{key}.png`` (RGBA canonical render, transparent background), ``{key}.txt`` (English name)
+and ``{key}.json`` (names, keywords and captions per language), plus ``manifest.json``.
+Keys are stable ids derived from the code points (``1f431``, ``1f468_200d_1f469``).
+The same inputs give byte-identical shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from .shards import ShardWriter, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+FONT_PATH = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+CLDR_DIR = "/usr/share/unicode/cldr/common"
+M9 = ("en", "zh", "es", "fr", "ru", "ar", "ja", "ko", "it")
+M18 = M9 + ("th", "hi", "uk", "tr", "vi", "pl", "nl", "pt", "de")
+SPLITS = ("train", "val", "test")
+INSTALL_HINT = (
+    "sudo apt-get update && sudo apt-get install -y fonts-noto-color-emoji unicode-cldr-core"
+    " (or run the README's set-up command, which does it)"
+)
+FONT_PX = 109  # the only size the CBDT bitmap strikes render at
+
+
+class MissingSourceError(FileNotFoundError):
+    pass
+
+
+def check_sources(font_path: str = FONT_PATH, cldr_dir: str = CLDR_DIR) -> None:
+    missing = [p for p in (font_path, os.path.join(cldr_dir, "annotations", "en.xml")) if not os.path.exists(p)]
+    if missing:
+        raise MissingSourceError(f"missing {', '.join(missing)}; install the Debian packages: {INSTALL_HINT}")
+
+
+def emoji_id(cp: str) -> str:
+    """Stable sample key from the code points: '🐱' -> '1f431' (U+FE0F dropped, as CLDR does)."""
+    return "_".join(f"{ord(c):x}" for c in cp if c != "\ufe0f")
+
+
+def available_languages(cldr_dir: str = CLDR_DIR) -> list[str]:
+    """Base-language annotation files shipped by CLDR (e.g. 'en', 'zh', 'sr_Latn' excluded)."""
+    d = Path(cldr_dir) / "annotations"
+    return sorted(p.stem for p in d.glob("*.xml") if "_" not in p.stem and p.stem != "root")
+
+
+def parse_annotations(lang: str, cldr_dir: str = CLDR_DIR, derived: bool = False) -> dict[str, dict]:
+    """``{cp: {"name": str, "keywords": [str]}}`` for one language (inheritance markers dropped)."""
+    files = [Path(cldr_dir) / "annotations" / f"{lang}.xml"]
+    if derived:
+        files.append(Path(cldr_dir) / "annotationsDerived" / f"{lang}.xml")
+    out: dict[str, dict] = {}
+    for path in files:
+        if not path.exists():
+            continue
+        for node in ET.parse(path).getroot().iter("annotation"):
+            cp, text = node.get("cp"), (node.text or "").strip()
+            if not cp or not text or text == "↑↑↑":
+                continue
+            entry = out.setdefault(cp, {"name": None, "keywords": []})
+            if node.get("type") == "tts":
+                entry["name"] = text
+            else:
+                entry["keywords"] = [k.strip() for k in text.split("|") if k.strip()]
+    return {cp: e for cp, e in out.items() if e["name"]}
+
+
+class EmojiRenderer:
+    """Render one emoji to a square RGBA image of ``size`` px, or ``None`` if the font lacks it."""
+
+    def __init__(self, font_path: str = FONT_PATH, size: int = 64):
+        from PIL import ImageFont, features
+
+        engine = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
+        self.font = ImageFont.truetype(font_path, FONT_PX, layout_engine=engine)
+        self.size = size
+        self._notdef = self._raw("\U000f0000")  # a private-use code point: the font's .notdef box
+
+    def _raw(self, text: str):
+        from PIL import Image, ImageDraw
+
+        canvas = Image.new("RGBA", (FONT_PX * 3, FONT_PX + 40), (0, 0, 0, 0))
+        ImageDraw.Draw(canvas).text((8, 8), text, font=self.font, embedded_color=True)
+        bbox = canvas.getchannel("A").getbbox()
+        return canvas.crop(bbox) if bbox else None
+
+    def __call__(self, cp: str):
+        from PIL import Image
+
+        img = self._raw(cp)
+        if img is None:
+            img = self._raw(cp + "\ufe0f")  # text-default code points need emoji presentation
+        if img is None or (self._notdef is not None and img.tobytes() == self._notdef.tobytes()):
+            return None
+        if img.width > FONT_PX * 1.5:  # a sequence the font could not join: several glyphs side by side
+            return None
+        side = max(img.size)
+        square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+        square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        return square.resize((self.size, self.size), Image.Resampling.LANCZOS)
+
+
+def split_of(key: str, val_frac: float, test_frac: float, seed: int = 0) -> str:
+    """Concept split by a hash of the stable id: adding emoji never moves existing ones."""
+    h = int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if h < test_frac else "val" if h < test_frac + val_frac else "train"
+
+
+def build_emoji_dataset(
+    out: str | os.PathLike,
+    size: int = 64,
+    langs: Sequence[str] | None = None,
+    require_langs: Sequence[str] = M9,
+    val_frac: float = 0.05,
+    test_frac: float = 0.05,
+    seed: int = 0,
+    derived: bool = False,
+    maxcount: int = 1000,
+    font_path: str = FONT_PATH,
+    cldr_dir: str = CLDR_DIR,
+    progress: bool = True,
+    limit: int | None = None,
+) -> dict:
+    """Build the shards and ``manifest.json`` under ``out``; returns the manifest."""
+    check_sources(font_path, cldr_dir)
+    avail = available_languages(cldr_dir)
+    langs = list(langs) if langs else avail
+    unknown = sorted(set(langs) - set(avail)) + sorted(set(require_langs) - set(avail))
+    if unknown:
+        raise ValueError(f"languages {unknown} are not in CLDR; available: {' '.join(avail)}")
+    langs = sorted(set(langs) | set(require_langs))
+    ann = {lang: parse_annotations(lang, cldr_dir, derived) for lang in langs}
+
+    dropped: Counter = Counter()
+    candidates = sorted(ann["en"] if "en" in ann else set().union(*ann.values()), key=emoji_id)
+    if limit:  # a small, evenly spread subset (tests, quick looks)
+        candidates = candidates[:: max(1, len(candidates) // limit)][:limit]
+    renderer = EmojiRenderer(font_path, size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {s: ShardWriter(out, s, maxcount) for s in SPLITS}
+    for cp in tqdm(candidates, desc="render emoji", disable=not progress):
+        if any(cp not in ann[lang] for lang in require_langs):
+            dropped["missing a required language"] += 1
+            continue
+        img = renderer(cp)
+        if img is None:
+            dropped["blank or unsupported render"] += 1
+            continue
+        key = emoji_id(cp)
+        split = split_of(key, val_frac, test_frac, seed)
+        names = {lang: ann[lang][cp]["name"] for lang in langs if cp in ann[lang]}
+        keywords = {lang: ann[lang][cp]["keywords"] for lang in langs if cp in ann[lang]}
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=False)
+        meta = {
+            "id": key,
+            "emoji": cp,
+            "split": split,
+            "names": names,
+            "keywords": keywords,
+            "captions": {lang: [n] for lang, n in names.items()},
+            "source": "noto-color-emoji+cldr",
+        }
+        writers[split].write({"__key__": key, "png": buf.getvalue(), "txt": names.get("en", ""), "json": meta})
+    splits = {}
+    for s, w in writers.items():
+        splits[s] = {"shards": w.close(), "count": w.count}
+    manifest = {
+        "dataset": "emoji",
+        "image_size": size,
+        "languages": langs,
+        "require_langs": list(require_langs),
+        "splits": splits,
+        "split": {"val_frac": val_frac, "test_frac": test_frac, "seed": seed, "by": "concept (sha1 of id)"},
+        "limit": limit,
+        "counts": {
+            "candidates": len(candidates),
+            "rendered": sum(v["count"] for v in splits.values()),
+            "dropped": dict(sorted(dropped.items())),
+        },
+        "sources": {"font": font_path, "font_sha256": _sha256(font_path), "cldr": cldr_dir, "derived": derived},
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
