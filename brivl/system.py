@@ -59,12 +59,18 @@ class DualTowerSystem(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
         images = batch["images"]  # (B, 3, S, S)
-        ids = self.model.tokenize(batch["texts"]).to(self.device)  # (B, L)
+        sets = batch["texts"]  # M caption sets (one caption per image each, in another language)
+        n_sets, bsz = len(sets), len(images)
+        ids = self.model.tokenize([t for texts in sets for t in texts]).to(self.device)  # (M*B, L)
         if self.hparams.loss == "clip":
-            out = self.model(images, ids)
-            loss = self.clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
-            self.log("logit_scale", out["logit_scale"], prog_bar=False)
+            img = self.model.encode_image(images)  # (B, D)
+            txt = self.model.encode_text(ids).view(n_sets, bsz, -1)  # (M, B, D)
+            scale = self.model.logit_scale.exp()
+            loss = sum(self.clip_loss(img, txt[m], scale) for m in range(n_sets)) / n_sets
+            self.log("logit_scale", scale, prog_bar=False)
         else:
+            if n_sets != 1:
+                raise ValueError("loss='moco' takes one caption per image: set data.captions_per_image: 1")
             q_img, q_txt = self.model.encode_image(images), self.model.encode_text(ids)
             with torch.no_grad():
                 self.momentum_model.update(self.model.clip)

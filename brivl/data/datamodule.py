@@ -58,25 +58,34 @@ def load_view(data_dir: str | Path, view: str) -> tuple[list[dict], DecodeStats]
 
 
 class CaptionSampler:
-    """Pick one caption per sample: a language among ``langs``, then the name (caption) with
-    probability ``name_prob``, else a random subset of 1..``max_keywords`` keywords."""
+    """Pick ``per_image`` captions per sample, each in a different language among ``langs`` (with
+    repeats only when fewer languages exist): the name (caption) with probability ``name_prob``,
+    else a random subset of 1..``max_keywords`` keywords."""
 
-    def __init__(self, langs: Sequence[str] | None, name_prob: float = 0.6, max_keywords: int = 3):
+    def __init__(self, langs: Sequence[str] | None, name_prob: float = 0.6, max_keywords: int = 3,
+                 per_image: int = 1):
+        if per_image < 1:
+            raise ValueError(f"captions per image must be >= 1, got {per_image}")
         self.langs = list(langs) if langs else None
         self.name_prob = name_prob
         self.max_keywords = max_keywords
+        self.per_image = per_image
 
-    def __call__(self, meta: dict, rng: random.Random) -> tuple[str, str] | None:
+    def __call__(self, meta: dict, rng: random.Random) -> list[tuple[str, str]] | None:
         captions = meta.get("captions") or {}
         langs = [lang for lang in (self.langs or sorted(captions)) if captions.get(lang)]
         if not langs:
             return None
-        lang = rng.choice(langs)
+        picked = rng.sample(langs, min(self.per_image, len(langs)))
+        picked += [rng.choice(langs) for _ in range(self.per_image - len(picked))]
+        return [(self._one(meta, lang, rng), lang) for lang in picked]
+
+    def _one(self, meta: dict, lang: str, rng: random.Random) -> str:
         keywords = (meta.get("keywords") or {}).get(lang) or []
         if keywords and rng.random() >= self.name_prob:
             k = rng.randint(1, min(self.max_keywords, len(keywords)))
-            return " ".join(rng.sample(keywords, k)), lang
-        return rng.choice(captions[lang]), lang
+            return " ".join(rng.sample(keywords, k))
+        return rng.choice(meta["captions"][lang])
 
 
 # --------------------------------------------------------------------------- images
@@ -152,16 +161,20 @@ class _TrainMap:
         s = decode_sample(raw, self.stats)
         if s is None:
             return None
-        cap = self.captions(s["meta"], self.rng)
-        if cap is None:
+        caps = self.captions(s["meta"], self.rng)
+        if caps is None:
             self.stats.skip("no caption in the requested languages", s["key"])
             return None
-        return self.augment(s["image"], self.rng), cap[0], cap[1]
+        return self.augment(s["image"], self.rng), caps
 
 
 def _collate(samples):
-    images, texts, langs = zip(*samples)
-    return {"images": torch.stack(images), "texts": list(texts), "langs": list(langs)}
+    """-> images (B, 3, S, S); texts / langs: M lists of B (caption set m of every image)."""
+    images, caps = zip(*samples)
+    m = len(caps[0])
+    return {"images": torch.stack(images),
+            "texts": [[c[j][0] for c in caps] for j in range(m)],
+            "langs": [[c[j][1] for c in caps] for j in range(m)]}
 
 
 class ClosedViewDataset(torch.utils.data.Dataset):
@@ -197,6 +210,7 @@ class ShardDataModule(pl.LightningDataModule):
         num_workers: int = 1,
         name_prob: float = 0.6,
         max_keywords: int = 3,
+        captions_per_image: int = 1,
         scale_min: float = 0.6,
         shuffle_buffer: int = 2000,
         epoch_samples: int | None = None,
@@ -219,7 +233,7 @@ class ShardDataModule(pl.LightningDataModule):
         workers = max(1, hp.num_workers)
         batches_per_worker = max(1, n // (hp.batch_size * workers))
         fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0)),
-                       CaptionSampler(hp.langs, hp.name_prob, hp.max_keywords), hp.seed)
+                       CaptionSampler(hp.langs, hp.name_prob, hp.max_keywords, hp.captions_per_image), hp.seed)
         ds = (
             wds.WebDataset(urls, resampled=True, shardshuffle=False,
                            handler=wds.warn_and_continue)
