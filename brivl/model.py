@@ -139,7 +139,13 @@ class DualTower(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.clip.state_dict().items()}
         save_file(state, tmp / "open_clip_model.safetensors")
         mean, std = self.image_mean_std
-        cfg = {"model_cfg": self.model_cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std),
+        model_cfg = json.loads(json.dumps(self.model_cfg))
+        if model_cfg.get("text_cfg", {}).get("hf_model_name"):  # ship the HF text tower's config inside
+            self.clip.text.transformer.config.save_pretrained(tmp / "hf_text")
+            model_cfg["text_cfg"]["hf_model_name"] = "hf_text"
+            if hasattr(self.tokenizer, "save_pretrained"):
+                model_cfg["text_cfg"].pop("hf_tokenizer_name", None)
+        cfg = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std),
                                                                "size": self.image_size}}
         (tmp / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         info = dict(self.info)
@@ -228,18 +234,12 @@ def create_model(
         known = ", ".join(m for m in list_models() if m.startswith("brivl")) + f" (+{len(list_models())} open_clip names)"
         raise UnknownModelError(f"{hint} Known configs: {known}. See `python -m brivl models`.")
     model_cfg = dict(open_clip.get_model_config(name))
-    if model_kwargs:
-        model_cfg = _merge(model_cfg, model_kwargs)
+    text_cfg = model_cfg.get("text_cfg", {})
+    if text_cfg.get("hf_model_name"):  # open_clip's pretrained_text flag overrides the config's own
+        model_kwargs.setdefault("pretrained_text", bool(text_cfg.get("hf_model_pretrained", True)))
     clip = open_clip.create_model(name, pretrained=pretrained, device=device, **model_kwargs)
     tok = _make_tokenizer(tokenizer, name, model_cfg)
     return DualTower(clip, tok, model_cfg, {"base": name, "pretrained": pretrained})
-
-
-def _merge(cfg: dict, override: dict) -> dict:
-    out = dict(cfg)
-    for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _make_tokenizer(tokenizer, name: str, model_cfg: dict):
