@@ -94,7 +94,8 @@ def load_system_checkpoint(ckpt: str, config: str | None):
     if config:
         import yaml
 
-        hp.update((yaml.safe_load(Path(config).read_text()) or {}).get("model", {}).get("init_args", {}))
+        section = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {})
+        hp.update(section.get("init_args", section))
     model = create_model(hp.get("model", "brivl-tiny"), tokenizer=hp.get("tokenizer"))
     sd = {k[len("model.clip."):]: v for k, v in state["state_dict"].items() if k.startswith("model.clip.")}
     _load_state_checked(model.clip, sd, ckpt)
@@ -244,8 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .model import ConfigMismatchError, UnknownModelError
+
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        lightning_main(argv)
+        try:
+            lightning_main(argv)
+        except (ConfigMismatchError, UnknownModelError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -253,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .data.emoji import MissingSourceError
-    from .model import ConfigMismatchError, UnknownModelError
 
     try:
         args.func(args)

@@ -13,7 +13,7 @@ import torch
 from .data.emoji import M9
 from .evaluate import evaluate_model, mean_over_languages
 from .losses import MomentumEncoder, MomentumQueueLoss, make_clip_loss
-from .model import DualTower, create_model
+from .model import ConfigMismatchError, DualTower, create_model
 
 
 class DualTowerSystem(pl.LightningModule):
@@ -55,6 +55,17 @@ class DualTowerSystem(pl.LightningModule):
             self.clip_loss = make_clip_loss()  # after the process group exists
         elif stage == "fit" and dm is not None:
             self.queue_loss.check_batch(dm.hparams.batch_size * self.trainer.world_size)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another model config with one clear error (not a shape traceback)."""
+        own = self.state_dict()
+        bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in checkpoint["state_dict"].items()
+               if k in own and v.shape != own[k].shape]
+        if bad:
+            k, a, b = bad[0]
+            raise ConfigMismatchError(
+                f"checkpoint was trained with another model config ({len(bad)} tensors differ, e.g. {k}: "
+                f"checkpoint {a} vs model {b}); use the config it was trained with (its run's config.yaml)")
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):

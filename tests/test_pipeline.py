@@ -68,6 +68,31 @@ def test_fit_resume_export_eval(emoji_small, tmp_path, capsys):
         assert 0.0 <= res["zeroshot"][lang]["acc@1"] <= res["zeroshot"][lang]["acc@5"] <= 1.0
 
 
+def test_checkpoint_of_another_config_is_a_clear_error(emoji_small, tmp_path, capsys):
+    import torch
+    import yaml
+
+    from brivl.model import ConfigMismatchError
+    from brivl.system import DualTowerSystem
+
+    run = _fit(tmp_path, emoji_small, steps=1, name="a")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"model": {"model": "brivl-tiny", "tokenizer": str(emoji_small / "tokenizer")}}))
+    assert main(["export", "--ckpt", str(ckpt), "--config", str(other), "--out", str(tmp_path / "o")]) == 2
+    assert "another model config" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    system = DualTowerSystem(model="brivl-tiny", tokenizer=str(emoji_small / "tokenizer"))
+    with pytest.raises(ConfigMismatchError, match="another model config"):
+        system.on_load_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=True))
+
+
+def test_missing_debian_packages_name_the_install_command(tmp_path):
+    from brivl.data.emoji import MissingSourceError, build_emoji_dataset
+
+    with pytest.raises(MissingSourceError, match="apt-get install -y fonts-noto-color-emoji unicode-cldr-core"):
+        build_emoji_dataset(tmp_path, font_path=str(tmp_path / "none.ttf"))
+
+
 def test_fit_with_momentum_queue(emoji_small, tmp_path):
     run = _fit(tmp_path, emoji_small, "--model.loss", "moco", "--model.queue_size", "16", "--data.captions_per_image", "1", steps=3, name="moco")
     assert "train/loss" in (run / "metrics.csv").read_text()
