@@ -30,6 +30,7 @@ class DualTowerSystem(pl.LightningModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 100,
+        fused_optimizer: bool = True,
         eval_langs: list[str] = list(M9),
     ):
         super().__init__()
@@ -120,7 +121,8 @@ class DualTowerSystem(pl.LightningModule):
                 continue
             (no_decay if p.ndim < 2 or "embedding" in n or "logit_scale" in n else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas),
+                                fused=hp.fused_optimizer)  # one fused kernel per step (CPU and CUDA)
         total = max(1, int(self.trainer.estimated_stepping_batches))
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine to 0
