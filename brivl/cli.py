@@ -111,6 +111,9 @@ def cmd_export(a) -> None:
     extra = {}
     if a.config:
         extra["config.yaml"] = Path(a.config).read_text()
+        curve = Path(a.config).with_name("loss_curve.png")  # the run's loss curve travels with the model
+        if curve.exists():
+            extra["loss_curve.png"] = curve.read_bytes()
     if a.eval_data:
         extra["eval.json"] = {v: run_eval(model, a.eval_data, v, a.langs or None, name=a.out)
                               for v in ("closed", "test")}
