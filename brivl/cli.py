@@ -3,7 +3,7 @@
 Lightning subcommands go to LightningCLI::
 
     python -m brivl fit --config configs/brivl-emoji.yaml
-    python -m brivl fit --config configs/brivl-emoji.yaml --ckpt_path last   # resume
+    python -m brivl fit --config configs/brivl-emoji.yaml --ckpt_path runs/brivl-emoji/version_0/checkpoints/last.ckpt
 
 Everything else is argparse (``python -m brivl COMMAND --help``).
 """
@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 DEFAULT_DATA = "data/emoji"
 DEFAULT_MODEL = "models/brivl-emoji"
 
