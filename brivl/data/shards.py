@@ -152,10 +152,12 @@ def decode_sample(sample: dict, stats: DecodeStats | None = None) -> dict | None
             return None
     if "txt" in sample and not meta.get("captions"):
         try:
-            meta.setdefault("captions", {"und": [sample["txt"].decode("utf-8").strip()]})
+            txt = sample["txt"].decode("utf-8").strip()
         except UnicodeDecodeError:
             stats.skip("corrupt txt", key)
             return None
+        if txt:
+            meta["captions"] = {"und": [txt]}
     stats.ok += 1
     return {"key": key, "image": image, "meta": meta}
 

@@ -1,0 +1,74 @@
+"""WebDataset shards: corrupt members skipped and counted; deterministic, key-checking writer."""
+import hashlib
+import io
+import tarfile
+
+import pytest
+from PIL import Image
+
+from brivl.data.shards import DecodeStats, ShardWriter, iter_samples, iter_tar
+
+
+def _png(color=(0, 0, 0)):
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tar_with(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+def test_corrupt_png_and_json_in_the_middle_are_skipped_and_counted(tmp_path):
+    png = _png()
+    shard = _tar_with(tmp_path / "s.tar", [
+        ("a.png", png), ("a.json", b'{"captions": {"en": ["ok"]}}'),
+        ("b.png", b"\x89PNG\r\n\x1a\n broken"), ("b.json", b'{"captions": {"en": ["x"]}}'),
+        ("c.png", png), ("c.json", b"{not json"),
+        ("d.png", png), ("d.txt", b"plain caption"),
+        ("e.png", png), ("e.json", b'{"captions": {}}'), ("e.txt", b"from txt"),
+    ])
+    stats = DecodeStats()
+    got = list(iter_samples([shard], stats))
+    assert [s["key"] for s in got] == ["a", "d", "e"]
+    assert got[0]["meta"]["captions"] == {"en": ["ok"]}
+    assert got[1]["meta"]["captions"] == {"und": ["plain caption"]}
+    assert got[2]["meta"]["captions"] == {"und": ["from txt"]}  # empty captions fall back to the txt
+    assert stats.ok == 3 and stats.n_skipped == 2
+    assert stats.skipped == {"corrupt image (UnidentifiedImageError)": 1, "corrupt json": 1}
+
+
+def test_shard_writer_rejects_keys_with_dot_or_slash(tmp_path):
+    w = ShardWriter(tmp_path, "x")
+    for bad in ("a.b", "a/b"):
+        with pytest.raises(ValueError, match="must not contain"):
+            w.write({"__key__": bad, "txt": "t"})
+    assert w.close() == [] and not list(tmp_path.glob("*.tar"))
+    with pytest.raises(ValueError, match="maxcount"):
+        ShardWriter(tmp_path, "x", maxcount=0)
+
+
+def test_shard_writer_is_byte_identical_across_runs_and_round_trips(tmp_path):
+    for d in ("w1", "w2"):
+        with ShardWriter(tmp_path / d, "train", maxcount=2) as w:
+            for i in range(5):
+                w.write({"__key__": f"k{i}", "png": _png((i, i, i)), "txt": f"caption {i}",
+                         "json": {"captions": {"en": [f"caption {i}"]}, "i": i}})
+        assert w.shards == ["train-000000.tar", "train-000001.tar", "train-000002.tar"] and w.count == 5
+    assert _digest(tmp_path / "w1") == _digest(tmp_path / "w2")
+    assert not [p for p in (tmp_path / "w1").iterdir() if p.suffix != ".tar"]  # no temp files left
+    shards = [tmp_path / "w1" / s for s in w.shards]
+    assert [sorted(r) for r in iter_tar(shards[0])] == [["__key__", "json", "png", "txt"]] * 2
+    stats = DecodeStats()
+    got = list(iter_samples(shards, stats))
+    assert [s["key"] for s in got] == [f"k{i}" for i in range(5)] and stats.ok == 5
+    assert [s["meta"]["i"] for s in got] == list(range(5))
