@@ -1,0 +1,38 @@
+"""The shipped model loads from its folder and reproduces its eval.json on the full emoji build."""
+import json
+
+import pytest
+
+from brivl.cli import main
+from conftest import REPO
+
+MODEL = REPO / "models" / "brivl-emoji"
+
+
+@pytest.fixture(scope="module")
+def emoji_full(tmp_path_factory):
+    out = tmp_path_factory.mktemp("emoji_full") / "data"
+    assert main(["data", "emoji", "--out", str(out), "--vocab-size", "0"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("view", ["closed", "test"])
+def test_shipped_model_reproduces_eval_json(emoji_full, view, capsys):
+    expected = json.loads((MODEL / "eval.json").read_text())[view]
+    capsys.readouterr()
+    assert main(["eval", "--model", str(MODEL), "--data", str(emoji_full), "--view", view, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["n_images"] == expected["n_images"]
+    for lang, m in expected["languages"].items():
+        for d in ("t2i", "i2t"):
+            for k in ("R@1", "R@5", "R@10"):
+                assert got["languages"][lang][d][k] == pytest.approx(m[d][k], abs=2e-3), (lang, d, k)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 2 target (mean closed-world t2i R@1 >= 0.90) not reached yet: the "
+                   "shipped CPU run (2400 steps) gives 0.843; strict, so reaching it flips this test")
+def test_shipped_model_meets_closed_world_target():
+    res = json.loads((MODEL / "eval.json").read_text())["closed"]["languages"]
+    r1 = {lang: m["t2i"]["R@1"] for lang, m in res.items()}
+    assert len(r1) == 9 and min(r1.values()) >= 0.80, r1  # the per-language floor is met
+    assert sum(r1.values()) / 9 >= 0.90 and min(r1.values()) >= 0.80, r1
