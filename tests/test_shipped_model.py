@@ -29,10 +29,18 @@ def test_shipped_model_reproduces_eval_json(emoji_full, view, capsys):
                 assert got["languages"][lang][d][k] == pytest.approx(m[d][k], abs=2e-3), (lang, d, k)
 
 
+def _closed_r1():
+    res = json.loads((MODEL / "eval.json").read_text())["closed"]["languages"]
+    return {lang: m["t2i"]["R@1"] for lang, m in res.items()}
+
+
+def test_shipped_model_per_language_floor():
+    r1 = _closed_r1()
+    assert len(r1) == 9 and min(r1.values()) >= 0.80, r1
+
+
 @pytest.mark.xfail(strict=True, reason="issue 2 target (mean closed-world t2i R@1 >= 0.90) not reached yet: the "
                    "shipped CPU run (2400 steps) gives 0.843; strict, so reaching it flips this test")
-def test_shipped_model_meets_closed_world_target():
-    res = json.loads((MODEL / "eval.json").read_text())["closed"]["languages"]
-    r1 = {lang: m["t2i"]["R@1"] for lang, m in res.items()}
-    assert len(r1) == 9 and min(r1.values()) >= 0.80, r1  # the per-language floor is met
-    assert sum(r1.values()) / 9 >= 0.90 and min(r1.values()) >= 0.80, r1
+def test_shipped_model_mean_target():
+    r1 = _closed_r1()
+    assert sum(r1.values()) / 9 >= 0.90, r1
