@@ -59,6 +59,7 @@ def worker(rank, port, loss_name, out_dir):
         out = {"loss": loss.detach(), **{f"grad.{n}": p.grad for n, p in model.module.named_parameters()}}
         out.update({f"state.{k}": v for k, v in (state or {}).items()})
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while its peer is still inside a collective
     finally:
         dist.destroy_process_group()
 
