@@ -8,7 +8,7 @@ import torch
 
 EXAMPLE_QUERIES = [
     ("en", "cat face"), ("zh", "猫"), ("es", "pizza"), ("fr", "cœur rouge"), ("ru", "собака"),
-    ("ar", "شمس"), ("ja", "りんご"), ("ko", "자동차"), ("it", "luna"),
+    ("ar", "شمس"), ("ja", "桜"), ("ko", "자동차"), ("it", "luna"),
 ]
 
 
