@@ -32,8 +32,7 @@ def save_grid(rows: list[tuple[str, list]], out: str | Path, cell: int = 64) -> 
     grid = Image.new("RGB", (label_w + k * cell, len(rows) * cell), "white")
     draw = ImageDraw.Draw(grid)
     for r, (label, hits) in enumerate(rows):
-        text = label if label.isascii() else label.split("]")[0] + "]"  # the default font is Latin-only
-        draw.text((4, r * cell + cell // 2 - 6), text[:34], fill="black")
+        draw.text((4, r * cell + cell // 2 - 6), label[:34], fill="black")
         for c, img in enumerate(hits):
             grid.paste(flatten(img, (255, 255, 255)).resize((cell, cell)), (label_w + c * cell, r * cell))
     out = Path(out)
@@ -63,10 +62,11 @@ def run_demo(model_dir: str, data: str, queries: list[str] | None = None, k: int
     scores, idx = (text_emb @ image_emb.T).topk(k, dim=1)
     print(f"\nexample queries (top {k} of {len(samples)} emoji):")
     rows = []
-    for (lang, q), sc, ix in zip(qs, scores.tolist(), idx.tolist()):
+    for n, ((lang, q), sc, ix) in enumerate(zip(qs, scores.tolist(), idx.tolist()), 1):
         hits = [samples[i] for i in ix]
         shown = "  ".join(f"{h['meta'].get('emoji', h['key'])} {h['meta'].get('names', {}).get('en', h['key'])} "
                           f"({s:.2f})" for h, s in zip(hits, sc))
         print(f"  [{lang or '?':>2}] {q:<14} -> {shown}")
-        rows.append((f"[{lang}] {q}" if lang else q, [h["image"] for h in hits]))
+        label = q if q.isascii() else f"query {n} (see console)"  # PIL's default font is Latin-only
+        rows.append((f"[{lang}] {label}" if lang else label, [h["image"] for h in hits]))
     print(f"grid of hits: {save_grid(rows, grid)}")
