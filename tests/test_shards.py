@@ -1,7 +1,9 @@
 """WebDataset shards: corrupt members skipped and counted; deterministic, key-checking writer."""
 import hashlib
 import io
+import struct
 import tarfile
+import zlib
 
 import pytest
 from PIL import Image
@@ -72,3 +74,15 @@ def test_shard_writer_is_byte_identical_across_runs_and_round_trips(tmp_path):
     got = list(iter_samples(shards, stats))
     assert [s["key"] for s in got] == [f"k{i}" for i in range(5)] and stats.ok == 5
     assert [s["meta"]["i"] for s in got] == list(range(5))
+
+
+def test_header_claiming_huge_size_is_skipped_not_fatal(tmp_path):
+    """A corrupt header can claim a decompression-bomb size: Pillow raises DecompressionBombError."""
+    png = bytearray(_png())
+    ihdr = struct.pack(">II", 20000, 20000) + bytes(png[24:29])  # 400M px > 2x Pillow's limit
+    png[16:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    shard = _tar_with(tmp_path / "s.tar", [("a.png", bytes(png)), ("b.png", _png()), ("b.txt", b"ok")])
+    stats = DecodeStats()
+    assert [s["key"] for s in iter_samples([shard], stats)] == ["b"]
+    assert stats.skipped == {"corrupt image (DecompressionBombError)": 1}

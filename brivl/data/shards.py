@@ -138,7 +138,7 @@ def decode_sample(sample: dict, stats: DecodeStats | None = None) -> dict | None
     try:
         image = Image.open(io.BytesIO(sample[img_ext]))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         stats.skip(f"corrupt image ({type(e).__name__})", key)
         return None
     meta: dict = {}
