@@ -125,15 +125,17 @@ def cmd_export(a) -> None:
         print(format_table(res, f"view: {v}"))
 
 
-def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "") -> dict:
-    from .data.datamodule import load_manifest, load_view, to_tensor
+def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "",
+             loaded: tuple[list[dict], object] | None = None) -> dict:
+    """Evaluate ``model`` on a view; ``loaded`` = (samples, stats) from ``load_view`` when already in memory."""
+    from .data.datamodule import load_manifest, load_view, to_batch
     from .data.emoji import M9
     from .evaluate import evaluate_model
 
     import torch
 
     manifest = load_manifest(data)
-    samples, stats = load_view(data, view)
+    samples, stats = loaded or load_view(data, view)
     if not samples:
         raise CLIError(f"view {view!r} of {data} has no samples")
     langs = langs or [lang for lang in M9 if lang in manifest.get("languages", M9)] or manifest.get("languages")
@@ -141,7 +143,7 @@ def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "
         have = sorted({k for s in samples for k in (s["meta"].get("captions") or {})})
         raise CLIError(f"no captions in languages {langs} in {data}; it has: {' '.join(have)}")
     mean, std = model.image_mean_std
-    images = torch.stack([to_tensor(s["image"], model.image_size, mean, std) for s in samples])
+    images = to_batch(samples, model.image_size, mean, std)
     res = evaluate_model(model, images, [s["meta"] for s in samples], langs)
     res.update({"model": name, "view": view, "data": str(data), "skipped": stats.skipped})
     return res

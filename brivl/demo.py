@@ -44,19 +44,20 @@ def save_grid(rows: list[tuple[str, list]], out: str | Path, cell: int = 64) -> 
 def run_demo(model_dir: str, data: str, queries: list[str] | None = None, k: int = 3,
              grid: str = "runs/demo/queries.png") -> None:
     from .cli import run_eval
-    from .data.datamodule import load_view, to_tensor
+    from .data.datamodule import load_view, to_batch
     from .evaluate import format_table
     from .model import create_model
 
     ensure_data(data)
     model = create_model(model_dir)
+    closed = load_view(data, "closed")  # decoded once: evaluated, then searched below
     for view in ("closed", "test"):
-        res = run_eval(model, data, view, None, name=model_dir)
+        res = run_eval(model, data, view, None, name=model_dir, loaded=closed if view == "closed" else None)
         print(format_table(res, f"\n{model_dir} text->image / image->text retrieval, view={view} "
                                 f"({res['n_images']} emoji)"))
-    samples, _ = load_view(data, "closed")
+    samples = closed[0]
     mean, std = model.image_mean_std
-    image_emb = model.embed_images(torch.stack([to_tensor(s["image"], model.image_size, mean, std) for s in samples]))
+    image_emb = model.embed_images(to_batch(samples, model.image_size, mean, std))
     qs = [("", q) for q in queries] if queries else EXAMPLE_QUERIES
     text_emb = model.embed_texts([q for _, q in qs])
     scores, idx = (text_emb @ image_emb.T).topk(k, dim=1)

@@ -101,6 +101,11 @@ def to_tensor(image, size: int, mean: Sequence[float], std: Sequence[float]) -> 
     return _normalize(image, mean, std)
 
 
+def to_batch(samples: list[dict], size: int, mean, std) -> torch.Tensor:
+    """Clean renders of decoded samples stacked into one (N, 3, size, size) tensor."""
+    return torch.stack([to_tensor(s["image"], size, mean, std) for s in samples])
+
+
 def flatten(image, background: tuple[int, int, int]):
     from PIL import Image
 
@@ -182,7 +187,7 @@ class ClosedViewDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: str, view: str, size: int, mean, std):
         samples, self.stats = load_view(data_dir, view)
-        self.images = torch.stack([to_tensor(s["image"], size, mean, std) for s in samples])
+        self.images = to_batch(samples, size, mean, std)
         self.metas = [s["meta"] for s in samples]
         self.keys = [s["key"] for s in samples]
 
