@@ -81,8 +81,11 @@ def cmd_models(a) -> None:
     print("\n".join(list_models()))
 
 
-def load_system_checkpoint(ckpt: str, config: str | None):
-    """A DualTowerSystem's DualTower from a Lightning checkpoint (weights only, no unpickling of code)."""
+def load_system_checkpoint(ckpt: str, config: str | None, build=None):
+    """The trained DualTower of a Lightning checkpoint (weights only, no unpickling of code).
+
+    ``build(hparams) -> DualTower`` makes the untrained model (default: ``create_model(model, tokenizer)``
+    as in ``DualTowerSystem``); the checkpoint's ``model.clip.*`` tensors are then loaded, checked."""
     import torch
 
     from .model import _load_state_checked, create_model
@@ -96,15 +99,17 @@ def load_system_checkpoint(ckpt: str, config: str | None):
 
         section = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {})
         hp.update(section.get("init_args", section))
-    model = create_model(hp.get("model", "brivl-tiny"), tokenizer=hp.get("tokenizer"))
+    model = build(hp) if build else create_model(hp.get("model", "brivl-tiny"), tokenizer=hp.get("tokenizer"))
     sd = {k[len("model.clip."):]: v for k, v in state["state_dict"].items() if k.startswith("model.clip.")}
+    own = model.clip.state_dict()
+    sd.update({k: own[k] for k in own if k not in sd and k.endswith("position_ids")})  # non-persistent buffers
     _load_state_checked(model.clip, sd, ckpt)
     model.info.update({"trained_with": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, list))}})
     return model
 
 
-def cmd_export(a) -> None:
-    model = load_system_checkpoint(a.ckpt, a.config)
+def export_model(model, a) -> None:
+    """Write ``model`` to ``a.out`` with the run's config, loss curve and eval.json (closed + test views)."""
     model.info["name"] = Path(a.out).name
     if a.langs:
         model.info["languages"] = a.langs
@@ -123,6 +128,10 @@ def cmd_export(a) -> None:
         from .evaluate import format_table
 
         print(format_table(res, f"view: {v}"))
+
+
+def cmd_export(a) -> None:
+    export_model(load_system_checkpoint(a.ckpt, a.config), a)
 
 
 def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "",
@@ -176,6 +185,15 @@ def cmd_demo(a) -> None:
 # ------------------------------------------------------------------------------ parser
 
 
+def add_export_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    x.add_argument("--ckpt", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--config", default=None, help="the run's config.yaml, copied into the folder")
+    x.add_argument("--eval-data", default=None, help="evaluate on this data folder and write eval.json")
+    x.add_argument("--langs", nargs="+", default=None)
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.emoji import M9, M18
 
@@ -219,13 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list known model configs")
     m.set_defaults(func=cmd_models)
 
-    x = sub.add_parser("export", help="Lightning checkpoint -> model folder (safetensors + config + tokenizer)")
-    x.add_argument("--ckpt", required=True)
-    x.add_argument("--out", required=True)
-    x.add_argument("--config", default=None, help="the run's config.yaml, copied into the folder")
-    x.add_argument("--eval-data", default=None, help="evaluate on this data folder and write eval.json")
-    x.add_argument("--langs", nargs="+", default=None)
-    x.set_defaults(func=cmd_export)
+    add_export_args(sub.add_parser("export", help="Lightning checkpoint -> model folder (safetensors + config + "
+                                              "tokenizer)")).set_defaults(func=cmd_export)
 
     v = sub.add_parser("eval", help="per-language retrieval R@1/5/10 and zero-shot accuracy")
     v.add_argument("--model", default=DEFAULT_MODEL, help="model folder or config name")
@@ -248,27 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run_cli(argv: list[str], lightning, parser: argparse.ArgumentParser) -> int:
+    """Lightning subcommands to ``lightning(argv)``, the rest to ``parser``; input errors -> one line, exit 2."""
+    from .data.emoji import MissingSourceError
     from .model import ConfigMismatchError, UnknownModelError
 
+    errors = (CLIError, MissingSourceError, UnknownModelError, ConfigMismatchError, FileNotFoundError, ValueError)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        try:
-            lightning_main(argv)
-        except (ConfigMismatchError, UnknownModelError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        run = lambda: lightning(argv)  # noqa: E731
+    else:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
             return 2
-        return 0
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    from .data.emoji import MissingSourceError
-
+        run = lambda: args.func(args)  # noqa: E731
     try:
-        args.func(args)
-    except (CLIError, MissingSourceError, UnknownModelError, ConfigMismatchError, FileNotFoundError, ValueError) as e:
+        run()
+    except errors as e:
+        if os.environ.get("BRIVL_DEBUG"):  # the full traceback, for developers
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(list(sys.argv[1:] if argv is None else argv), lightning_main, build_parser())

@@ -109,6 +109,10 @@ class DualTower(nn.Module):
             "logit_scale": self.clip.logit_scale.exp(),
         }
 
+    def lock_image_tower(self) -> None:
+        """Freeze the image tower (LiT / AltCLIP stage 2: only the text side learns)."""
+        self.clip.lock_image_tower(unlocked_groups=0, freeze_bn_stats=False)
+
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
         """Normalized text embeddings (N, D) on CPU, float32."""
@@ -130,12 +134,11 @@ class DualTower(nn.Module):
     # ---------------------------------------------------------------- I/O
     def save_pretrained(self, out_dir: str | os.PathLike, extra_files: dict[str, Any] | None = None) -> Path:
         """Write the model folder atomically (a temp folder renamed into place)."""
+        return write_folder_atomically(out_dir, self._write_files, extra_files)
+
+    def _write_files(self, tmp: Path) -> None:
         from safetensors.torch import save_file
 
-        out_dir = Path(out_dir)
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.clip.state_dict().items()}
         save_file(state, tmp / "open_clip_model.safetensors")
         mean, std = self.image_mean_std
@@ -148,27 +151,45 @@ class DualTower(nn.Module):
         cfg = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std),
                                                                "size": self.image_size}}
         (tmp / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        self._write_tokenizer_and_info(tmp)
+
+    def _write_tokenizer_and_info(self, tmp: Path) -> None:
         info = dict(self.info)
         if hasattr(self.tokenizer, "save_pretrained"):
             self.tokenizer.save_pretrained(tmp)
             info["tokenizer"] = "hf"
         info["context_length"] = self.context_length
         (tmp / "brivl.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        for name, content in (extra_files or {}).items():
-            data = content if isinstance(content, (str, bytes)) else json.dumps(content, indent=2, ensure_ascii=False)
-            (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode())
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-        return out_dir
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "DualTower":
         return create_model(str(path), device=device)
+
+
+def write_folder_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None],
+                            extra_files: dict[str, Any] | None = None) -> Path:
+    """Call ``write(tmp)`` on a fresh temp folder, add ``extra_files`` (name -> str/bytes/JSON), then
+    rename it to ``out_dir``: a crash midway leaves any previous folder intact."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        for name, content in (extra_files or {}).items():
+            data = content if isinstance(content, (str, bytes)) else json.dumps(content, indent=2, ensure_ascii=False)
+            (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
+    return out_dir
 
 
 def _load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -226,9 +247,21 @@ def create_model(
     register_model_configs()
     folder = Path(name)
     if folder.is_dir():
+        from .hf_clip import is_hf_clip_folder, load_hf_clip
+
+        if is_hf_clip_folder(folder):  # transformers' CLIPModel / AltCLIPModel / ChineseCLIPModel layout
+            return load_hf_clip(str(folder), tokenizer, device)
         return _load_folder(folder, tokenizer, device)
     if open_clip.get_model_config(name) is None:
         hint = f"{name!r} is neither a model folder nor a known model config."
+        if "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
+            from .hf_clip import load_hf_clip
+
+            try:  # a Hugging Face hub name (e.g. BAAI/AltCLIP) in the local cache
+                return load_hf_clip(name, tokenizer, device)
+            except (FileNotFoundError, UnknownModelError) as e:
+                raise FileNotFoundError(f"{hint} No folder at {name}, and no Hugging Face CLIP-family model of "
+                                        f"that name offline: train and export one, or check the path ({e})") from e
         if "/" in name or os.sep in name:
             raise FileNotFoundError(f"{hint} No folder at {name}: train and export one, or check the path.")
         known = ", ".join(m for m in list_models() if m.startswith("brivl")) + f" (+{len(list_models())} open_clip names)"

@@ -31,16 +31,19 @@ class DualTowerSystem(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 100,
         fused_optimizer: bool = True,
+        lock_image: bool = False,
         eval_langs: list[str] = list(M9),
     ):
         super().__init__()
         self.save_hyperparameters()
         if loss not in ("clip", "moco"):
             raise ValueError(f"loss must be 'clip' or 'moco', got {loss!r}")
-        self.model: DualTower = create_model(model, pretrained=pretrained, tokenizer=tokenizer)
+        self.model: DualTower = create_model(model, pretrained=pretrained, tokenizer=tokenizer).train()
         if self.model.tokenizer is None:
             raise ValueError(f"model {model!r} needs a tokenizer: set model.tokenizer to a tokenizer folder "
                              "(e.g. data/emoji/tokenizer, built by `python -m brivl data emoji`)")
+        if lock_image:  # only the text side learns (LiT; AltCLIP's contrastive stage)
+            self.model.lock_image_tower()
         self.clip_loss = None
         if loss == "moco":
             self.momentum_model = MomentumEncoder(self.model.clip, momentum)
@@ -98,13 +101,7 @@ class DualTowerSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_view(self, batch, prefix: str) -> dict:
-        result = evaluate_model(self.model, batch["images"], batch["metas"], self.hparams.eval_langs, zeroshot=False)
-        for lang, m in result["languages"].items():
-            self.log(f"{prefix}/t2i_R@1/{lang}", m["t2i"]["R@1"], batch_size=1)
-        self.log(f"{prefix}/t2i_R@1", mean_over_languages(result, "t2i"), prog_bar=True, batch_size=1)
-        self.log(f"{prefix}/i2t_R@1", mean_over_languages(result, "i2t"), batch_size=1)
-        self.log(f"{prefix}/t2i_R@10", mean_over_languages(result, "t2i", "R@10"), batch_size=1)
-        return result
+        return log_retrieval(self, self.model, batch, prefix, self.hparams.eval_langs)
 
     def validation_step(self, batch, batch_idx):
         self._eval_view(batch, "val")
@@ -115,21 +112,39 @@ class DualTowerSystem(pl.LightningModule):
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "embedding" in n or "logit_scale" in n else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas),
-                                fused=hp.fused_optimizer)  # one fused kernel per step (CPU and CUDA)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return adamw_warmup_cosine(self, self.model.named_parameters(), hp.lr, hp.weight_decay, hp.betas,
+                                   hp.warmup_steps, hp.fused_optimizer)
 
-        def schedule(step: int) -> float:  # linear warm-up, then cosine to 0
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            t = (step - hp.warmup_steps) / max(1, total - hp.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def log_retrieval(module: pl.LightningModule, model, batch: dict, prefix: str, langs) -> dict:
+    """Evaluate ``model`` on a whole view (``batch`` from ``ClosedViewDataset``) and log per-language R@1."""
+    result = evaluate_model(model, batch["images"], batch["metas"], langs, zeroshot=False)
+    for lang, m in result["languages"].items():
+        module.log(f"{prefix}/t2i_R@1/{lang}", m["t2i"]["R@1"], batch_size=1)
+    module.log(f"{prefix}/t2i_R@1", mean_over_languages(result, "t2i"), prog_bar=True, batch_size=1)
+    module.log(f"{prefix}/i2t_R@1", mean_over_languages(result, "i2t"), batch_size=1)
+    module.log(f"{prefix}/t2i_R@10", mean_over_languages(result, "t2i", "R@10"), batch_size=1)
+    return result
+
+
+def adamw_warmup_cosine(module: pl.LightningModule, named_parameters, lr: float, weight_decay: float,
+                        betas, warmup_steps: int, fused: bool = True) -> dict:
+    """AdamW (no decay on gains, biases, embeddings, logit scale) with linear warm-up then cosine to 0."""
+    decay, no_decay = [], []
+    for n, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embedding" in n or "logit_scale" in n else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas),
+                            fused=fused)  # one fused kernel per step (CPU and CUDA)
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -198,6 +198,12 @@ class ClosedViewDataset(torch.utils.data.Dataset):
         return {"images": self.images, "metas": self.metas, "keys": self.keys}
 
 
+def view_loader(data_dir: str, view: str, size: int, mean, std) -> torch.utils.data.DataLoader:
+    """One batch: the whole view (evaluation ranks every image against every caption)."""
+    return torch.utils.data.DataLoader(ClosedViewDataset(data_dir, view, size, mean, std), batch_size=None,
+                                       num_workers=0)
+
+
 class ShardDataModule(pl.LightningDataModule):
     """WebDataset shards -> augmented (image, caption) batches; a whole view for validation.
 
@@ -234,6 +240,10 @@ class ShardDataModule(pl.LightningDataModule):
         hp = self.hparams
         urls = view_shards(hp.data_dir, hp.train_view)
         manifest = load_manifest(hp.data_dir)
+        have = manifest.get("languages") or []
+        missing = [lang for lang in hp.langs or [] if have and lang not in have]
+        if missing:
+            raise ValueError(f"{hp.data_dir} has no captions in {', '.join(missing)}; it has: {' '.join(have)}")
         n = hp.epoch_samples or sum(manifest["splits"][s]["count"] for s in view_splits(manifest, hp.train_view))
         workers = max(1, hp.num_workers)
         batches_per_worker = max(1, n // (hp.batch_size * workers))
@@ -251,12 +261,8 @@ class ShardDataModule(pl.LightningDataModule):
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=hp.num_workers,
                                            persistent_workers=hp.num_workers > 0)
 
-    def _view_loader(self, view: str):
-        ds = ClosedViewDataset(self.hparams.data_dir, view, self.image_size, self.mean, self.std)
-        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)
-
     def val_dataloader(self):
-        return self._view_loader(self.hparams.val_view)
+        return view_loader(self.hparams.data_dir, self.hparams.val_view, self.image_size, self.mean, self.std)
 
     def test_dataloader(self):
-        return self._view_loader(self.hparams.test_view)
+        return view_loader(self.hparams.data_dir, self.hparams.test_view, self.image_size, self.mean, self.std)

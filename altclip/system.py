@@ -1,0 +1,77 @@
+"""AltCLIP stage 1, teacher learning, as a LightningModule.
+
+The frozen teacher (an English CLIP: a brivl model folder, an open_clip name, or a Hugging Face CLIP)
+embeds the English side of each parallel pair; the student (``altclip.model.build_student``) embeds
+the other side and learns to land on the teacher's vector. No images are seen in training; the
+validation view measures text->image retrieval per language with the teacher's own image tower.
+Stage 2 (contrastive tuning with the image tower locked) is ``brivl.system.DualTowerSystem`` with
+``lock_image: true`` on the stage-1 folder (``configs/altclip-contrastive.yaml``).
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from brivl.data.emoji import M9
+from brivl.model import create_model
+from brivl.system import adamw_warmup_cosine, log_retrieval
+
+from .losses import TeacherLearningLoss
+from .model import build_student
+
+
+class TeacherLearningSystem(pl.LightningModule):
+    def __init__(
+        self,
+        teacher: str = "models/clip-emoji-en",
+        student: str = "altclip-xlmr-tiny",
+        tokenizer: str | None = None,
+        loss: str = "mse",
+        temperature: float = 0.05,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+        fused_optimizer: bool = True,
+        eval_langs: list[str] = list(M9),
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.teacher = create_model(teacher).eval().requires_grad_(False)
+        self.model = build_student(self.teacher, student, tokenizer, teacher_name=teacher).train()
+        self.model.lock_image_tower()  # the image side is the teacher's, untouched
+        self.criterion = TeacherLearningLoss(loss, temperature)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "configure_preprocess"):
+            dm.configure_preprocess(self.model.image_size, *self.model.image_mean_std)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never trains (no dropout)
+        return self
+
+    def training_step(self, batch, batch_idx):
+        texts, english = batch["texts"], batch["english"]  # B texts in language L, B English counterparts
+        with torch.no_grad():
+            target = self.teacher.encode_text(self.teacher.tokenize(english).to(self.device), normalize=False)  # (B, D)
+        pred = self.model.encode_text(self.model.tokenize(texts).to(self.device), normalize=False)  # (B, D)
+        groups = None
+        if self.criterion.kind == "contrastive":
+            ids = {t: i for i, t in enumerate(dict.fromkeys(english))}
+            groups = torch.tensor([ids[t] for t in english], device=self.device)
+        loss = self.criterion(pred, target, groups)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(texts))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        log_retrieval(self, self.model, batch, "val", self.hparams.eval_langs)
+
+    def test_step(self, batch, batch_idx):
+        log_retrieval(self, self.model, batch, "test", self.hparams.eval_langs)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return adamw_warmup_cosine(self, self.model.named_parameters(), hp.lr, hp.weight_decay, hp.betas,
+                                   hp.warmup_steps, hp.fused_optimizer)

@@ -1,0 +1,211 @@
+"""AltCLIP: open_clip -> HF vision conversion, AltCLIPModel interop, teacher learning, stage 2, bad input."""
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from altclip.convert import UnsupportedTowerError, vision_config_from_open_clip
+from altclip.data import cldr_pairs, read_parallel_corpus
+from altclip.losses import TeacherLearningLoss
+from altclip.model import build_student, encode_prompt_states
+from brivl.data.emoji import M9
+from brivl.hf_clip import HFDualTower
+from brivl.model import ConfigMismatchError, create_model
+from brivl.tokenizer import PAD_ID, train_tokenizer
+
+TEXTS = ["cat face", "chat", "猫", "кошка", "dog", "chien", "犬", "собака", "red heart", "cœur rouge", "赤いハート",
+         "빨간 하트", "قلب أحمر", "cuore rosso", "corazón rojo", "sun", "soleil", "太阳", "солнце"]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return train_tokenizer(TEXTS, tmp_path_factory.mktemp("tok"), vocab_size=120)
+
+
+@pytest.fixture(scope="module")
+def teacher(tok_dir):
+    torch.manual_seed(0)
+    return create_model("brivl-nano", tokenizer=str(tok_dir)).eval()
+
+
+def _tiny_student_cfg(tmp_path, projection=None):
+    """A student text config file: like altclip-xlmr-tiny, but tiny."""
+    cfg = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+           "project_dim": 24, "context_length": 16}
+    path = tmp_path / "xlmr-test.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_converted_image_tower_matches_open_clip(teacher, tok_dir, monkeypatch, tmp_path):
+    import altclip.model as am
+
+    monkeypatch.setattr(am, "CONFIG_DIR", _tiny_student_cfg(tmp_path).parent)
+    student = build_student(teacher, "xlmr-test", str(tok_dir)).eval()
+    images = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ours, theirs = student.encode_image(images), teacher.encode_image(images)
+    assert (ours - theirs).abs().max() < 1e-5
+    assert (ours[0] - ours[1]).abs().max() > 1e-2  # distinct images, distinct embeddings (not a constant)
+    assert student.logit_scale.item() == pytest.approx(teacher.logit_scale.item())
+    # text: CLS state of the per-token conditioning through text_projection == the text embedding
+    states, mask = encode_prompt_states(student, ["猫", "red heart"])
+    assert states.shape == (2, 16, 24) and mask[:, 0].all() and not mask.all()
+    emb = F.normalize(student.clip.text_projection(states[:, 0]), dim=-1)
+    assert torch.allclose(emb, student.embed_texts(["猫", "red heart"]), atol=1e-6)
+
+
+def test_student_folder_is_a_transformers_altclip_model(teacher, tok_dir, monkeypatch, tmp_path):
+    """Export to the AltCLIPModel layout: transformers loads it and agrees with our API within 1e-5."""
+    from transformers import AltCLIPModel, AutoTokenizer
+
+    import altclip.model as am
+
+    monkeypatch.setattr(am, "CONFIG_DIR", _tiny_student_cfg(tmp_path).parent)
+    student = build_student(teacher, "xlmr-test", str(tok_dir)).eval()
+    folder = student.save_pretrained(tmp_path / "alt")
+    hf = AltCLIPModel.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(TEXTS, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=images)
+    loaded = create_model(str(folder)).eval()
+    assert isinstance(loaded, HFDualTower)
+    assert (loaded.embed_texts(TEXTS) - out.text_embeds).abs().max() < 1e-5
+    assert (loaded.embed_images(images) - out.image_embeds).abs().max() < 1e-5
+    assert (loaded.embed_images(images) - teacher.embed_images(images)).abs().max() < 1e-5
+
+
+def test_random_altclip_model_loads_through_our_api(tok_dir, tmp_path):
+    """A tiny random transformers AltCLIPModel (BAAI/AltCLIP's layout) loads by folder, same embeddings."""
+    from transformers import AltCLIPConfig, AltCLIPModel, AutoTokenizer, CLIPImageProcessor
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                project_dim=48, max_position_embeddings=40, pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=24,
+                  patch_size=6)
+    hf = AltCLIPModel(AltCLIPConfig(text_config=text, vision_config=vision, projection_dim=20)).eval()
+    folder = tmp_path / "tiny-altclip"
+    hf.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(folder)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}, image_mean=mean,
+                       image_std=std).save_pretrained(folder)
+
+    model = create_model(str(folder)).eval()
+    assert model.embed_dim == 20 and model.image_size == 24 and model.image_mean_std == (tuple(mean), tuple(std))
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    images = torch.randn(4, 3, 24, 24, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref_t = F.normalize(hf.get_text_features(**enc).pooler_output, dim=-1)
+        ref_i = F.normalize(hf.get_image_features(pixel_values=images).pooler_output, dim=-1)
+    assert (model.embed_texts(TEXTS) - ref_t).abs().max() < 1e-5
+    assert (model.embed_images(images) - ref_i).abs().max() < 1e-5
+
+
+def test_width_mismatch_and_unsupported_towers_are_clear_errors(teacher, tok_dir, tmp_path):
+    other = create_model("brivl-tiny", tokenizer=str(tok_dir))  # embeds 128-d, teacher 32-d
+    folder = build_student(other, "altclip-xlmr-tiny", str(tok_dir)).save_pretrained(tmp_path / "s128")
+    with pytest.raises(ConfigMismatchError, match="projects to 128-d but the teacher embeds 32-d"):
+        build_student(teacher, str(folder))
+    with pytest.raises(ValueError, match="projection must output the teacher's embedding width"):
+        TeacherLearningLoss("mse")(torch.zeros(2, 128), torch.zeros(2, 32))
+    with pytest.raises(UnsupportedTowerError, match="only ViT"):
+        vision_config_from_open_clip(torch.nn.Linear(2, 2), 32)
+
+
+def test_teacher_learning_losses():
+    s, t = torch.randn(6, 8), torch.randn(6, 8)
+    assert TeacherLearningLoss("mse")(s, t) == pytest.approx(((s - t) ** 2).mean().item())
+    assert TeacherLearningLoss("cosine")(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    # contrastive: rows 0 and 1 share an English target, so neither is the other's negative
+    groups = torch.tensor([0, 0, 1, 2, 3, 4])
+    loss = TeacherLearningLoss("contrastive", 0.1)(s, t, groups)
+    logits = F.normalize(s, dim=-1) @ F.normalize(t, dim=-1).T / 0.1
+    logits[0, 1] = logits[1, 0] = float("-inf")
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.arange(6)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="one of mse, cosine, contrastive"):
+        TeacherLearningLoss("kl")
+
+
+def test_parallel_corpora_skip_and_count_bad_rows(emoji_small, tmp_path):
+    corpus = cldr_pairs(str(emoji_small), "train")
+    assert set(corpus.languages) >= set(M9)
+    assert ("red heart", "red heart", "en") in corpus.pairs or any(l == "en" and a == b for a, b, l in corpus.pairs)
+    zh = [p for p in corpus.pairs if p[2] == "zh"]
+    assert zh and all(p[0] and p[1] for p in zh)
+    with pytest.raises(ValueError, match="no parallel text for xx; this corpus has: .*zh"):
+        corpus.select(["zh", "xx"])
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("en\ttext\tlang\ncat\t猫\tzh\n\t犬\tja\ndog\t\tfr\nsun\tsoleil\tfr\n", encoding="utf-8")
+    c = read_parallel_corpus(str(tsv))
+    assert c.pairs == [("猫", "cat", "zh"), ("soleil", "sun", "fr")] and c.skipped["missing or empty side"] == 2
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"en": "cat", "text": "кошка", "lang": "ru"}\nnot json\n{"en": "", "text": "x"}\n')
+    c = read_parallel_corpus(str(jl))
+    assert c.pairs == [("кошка", "cat", "ru")] and c.skipped == {"bad JSON line": 1, "missing or empty side": 1}
+    with pytest.raises(FileNotFoundError):
+        read_parallel_corpus(str(tmp_path / "none.tsv"))
+
+
+def _lightning(tmp_path, name, config, extra):
+    from altclip.cli import main
+
+    args = ["fit", "--config", config, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", name,
+            "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", *extra]
+    assert main(args) == 0
+    return next((tmp_path / name).glob("version_*"))
+
+
+def test_two_stage_recipe_end_to_end(emoji_small, tmp_path, capsys):
+    """Stage 1 (teacher learning on parallel text) -> export -> stage 2 (locked image tower) -> export -> eval."""
+    from altclip.cli import main as altclip_main
+    from brivl.cli import main as brivl_main
+
+    teacher_dir = tmp_path / "teacher"
+    torch.manual_seed(0)
+    create_model("brivl-nano", tokenizer=str(emoji_small / "tokenizer")).save_pretrained(teacher_dir)
+    common = ["--model.init_args.tokenizer", str(emoji_small / "tokenizer")]
+    run1 = _lightning(tmp_path, "distill", "configs/altclip-distill.yaml", [
+        "--model.init_args.teacher", str(teacher_dir), "--model.init_args.warmup_steps", "2", "--model.init_args.lr",
+        "0.003", "--data.init_args.data_dir", str(emoji_small), "--data.init_args.batch_size", "32", *common])
+    with open(run1 / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
+    assert len(losses) == 6 and losses[-1] < losses[0]  # the student moves toward the teacher
+    stage1 = tmp_path / "stage1"
+    assert altclip_main(["export", "--ckpt", str(run1 / "checkpoints" / "last.ckpt"), "--out", str(stage1),
+                         "--config", str(run1 / "config.yaml")]) == 0
+    assert (stage1 / "config.json").is_file() and (stage1 / "model.safetensors").is_file()
+
+    images_before = create_model(str(stage1)).clip.vision_model.state_dict()
+    run2 = _lightning(tmp_path, "contrastive", "configs/altclip-contrastive.yaml", [
+        "--model.init_args.model", str(stage1), "--model.init_args.warmup_steps", "2",
+        "--data.init_args.data_dir", str(emoji_small), "--data.init_args.batch_size", "16",
+        "--data.init_args.num_workers", "0"])
+    stage2 = tmp_path / "stage2"
+    assert brivl_main(["export", "--ckpt", str(run2 / "checkpoints" / "last.ckpt"), "--out", str(stage2)]) == 0
+    tuned = create_model(str(stage2))
+    assert all(torch.equal(v, tuned.clip.vision_model.state_dict()[k]) for k, v in images_before.items())  # locked
+    capsys.readouterr()
+    assert brivl_main(["eval", "--model", str(stage2), "--data", str(emoji_small), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["languages"]) == set(M9)
+
+
+def test_missing_language_is_named(emoji_small, tmp_path, capsys):
+    from altclip.cli import main
+
+    teacher_dir = tmp_path / "teacher"
+    create_model("brivl-nano", tokenizer=str(emoji_small / "tokenizer")).save_pretrained(teacher_dir)
+    assert main(["fit", "--config", "configs/altclip-distill.yaml", "--model.init_args.teacher", str(teacher_dir),
+              "--model.init_args.tokenizer", str(emoji_small / "tokenizer"), "--data.init_args.data_dir",
+              str(emoji_small), "--data.init_args.langs", "[en, tlh]", "--trainer.max_steps", "1",
+              "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no parallel text for tlh; this corpus has: ar en es")
+    assert "Traceback" not in "\n".join(err)
