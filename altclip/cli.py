@@ -40,6 +40,51 @@ def cmd_export(a) -> None:
     export_model(load_system_checkpoint(a.ckpt, a.config, build), a)
 
 
+def ablation_table(teacher: dict, rows: dict[str, dict], langs: list[str], view: str = "closed") -> tuple[str, dict]:
+    """Markdown table of text->image R@1 per language (the teacher in English only) + AltCLIP's targets.
+
+    ``teacher`` / ``rows``: eval results (``brivl eval --json`` objects, ``eval.json`` entries)."""
+    en = teacher["languages"]["en"]["t2i"]["R@1"]
+    head = f"| {view} t2i R@1 | " + " | ".join(langs) + " | mean |"
+    lines = [head, "|" + "---|" * (len(langs) + 2), f"| English teacher (en only) | {en:.3f}" + " | " * len(langs) + "|"]
+    means = {}
+    for name, res in rows.items():
+        vals = [res["languages"][lang]["t2i"]["R@1"] for lang in langs]
+        means[name] = sum(vals) / len(vals)
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {means[name]:.3f} |")
+    checks = {"teacher_en": en, "means": means}
+    names = list(rows)
+    if len(names) >= 2:  # the tuned student (2nd row) vs 0.95 x teacher in every language; vs the last row
+        tuned = rows[names[1]]
+        worst = min(langs, key=lambda lang: tuned["languages"][lang]["t2i"]["R@1"])
+        checks["worst_lang"] = worst
+        checks["worst_ratio"] = tuned["languages"][worst]["t2i"]["R@1"] / en if en else float("nan")
+        checks["margin_over_last"] = means[names[1]] - means[names[-1]]
+    return "\n".join(lines), checks
+
+
+def cmd_ablation(a) -> None:
+    import json
+    from pathlib import Path
+
+    from brivl.data.emoji import M9
+
+    def load(folder):
+        path = Path(folder) / "eval.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: export the model with --eval-data to write it")
+        return json.loads(path.read_text())[a.view]
+
+    rows = dict(r.split("=", 1) for r in a.rows)
+    table, checks = ablation_table(load(a.teacher), {k: load(v) for k, v in rows.items()}, a.langs or list(M9), a.view)
+    print(table)
+    if "worst_ratio" in checks:
+        names = list(rows)
+        print(f"\n{names[1]}: lowest language {checks['worst_lang']} = {checks['worst_ratio']:.3f} x the teacher's "
+              f"English R@1 {checks['teacher_en']:.3f} (target >= 0.95 in every language)")
+        print(f"{names[1]} - {names[-1]}: {100 * checks['margin_over_last']:+.1f} points mean R@1 (target >= +10)")
+
+
 def cmd_models(a) -> None:
     from .model import list_student_configs
 
@@ -55,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_args(sub.add_parser("export", help="stage-1 checkpoint -> AltCLIPModel folder")).set_defaults(
         func=cmd_export)
     sub.add_parser("models", help="list student text-tower configs").set_defaults(func=cmd_models)
+    t = sub.add_parser("ablation", help="teacher-learning table from the models' eval.json")
+    t.add_argument("--teacher", required=True, help="English teacher folder (its en R@1 is the reference)")
+    t.add_argument("--rows", nargs="+", required=True,
+                   help="NAME=FOLDER in order: stage 1, stage 2, ..., the from-scratch baseline last")
+    t.add_argument("--view", default="closed")
+    t.add_argument("--langs", nargs="+", default=None)
+    t.set_defaults(func=cmd_ablation)
     return p
 
 

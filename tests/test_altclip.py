@@ -209,3 +209,18 @@ def test_missing_language_is_named(emoji_small, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: no parallel text for tlh; this corpus has: ar en es")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_ablation_table_checks_the_targets():
+    from altclip.cli import ablation_table
+
+    def res(vals):
+        return {"languages": {lang: {"t2i": {"R@1": v}} for lang, v in vals.items()}}
+
+    langs = ["en", "zh", "ar"]
+    rows = {"stage 1": res({"en": 0.5, "zh": 0.4, "ar": 0.3}), "stage 2": res({"en": 0.8, "zh": 0.78, "ar": 0.6}),
+            "scratch": res({"en": 0.2, "zh": 0.1, "ar": 0.0})}
+    table, checks = ablation_table(res({"en": 0.8}), rows, langs)
+    assert checks["worst_lang"] == "ar" and checks["worst_ratio"] == pytest.approx(0.6 / 0.8)
+    assert checks["margin_over_last"] == pytest.approx((0.8 + 0.78 + 0.6) / 3 - 0.1)
+    assert "| stage 2 | 0.800 | 0.780 | 0.600 | 0.727 |" in table and "| English teacher (en only) | 0.800" in table
