@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data.shards import write_folder_atomically  # noqa: F401 (re-exported)
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
@@ -164,32 +166,6 @@ class DualTower(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "DualTower":
         return create_model(str(path), device=device)
-
-
-def write_folder_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None],
-                            extra_files: dict[str, Any] | None = None) -> Path:
-    """Call ``write(tmp)`` on a fresh temp folder, add ``extra_files`` (name -> str/bytes/JSON), then
-    rename it to ``out_dir``: a crash midway leaves any previous folder intact."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        for name, content in (extra_files or {}).items():
-            data = content if isinstance(content, (str, bytes)) else json.dumps(content, indent=2, ensure_ascii=False)
-            (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out_dir)
-    return out_dir
 
 
 def _load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -1,4 +1,4 @@
-"""The shipped model loads from its folder and reproduces its eval.json on the full emoji build."""
+"""The shipped models load from their folders and reproduce their eval.json on the full emoji build."""
 import json
 
 import pytest
@@ -7,6 +7,7 @@ from brivl.cli import main
 from conftest import REPO
 
 MODEL = REPO / "models" / "brivl-emoji"
+SHIPPED = sorted(p.name for p in (REPO / "models").iterdir() if (p / "eval.json").is_file())
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +17,13 @@ def emoji_full(tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("view", ["closed", "test"])
-def test_shipped_model_reproduces_eval_json(emoji_full, view, capsys):
-    expected = json.loads((MODEL / "eval.json").read_text())[view]
+def test_shipped_model_reproduces_eval_json(emoji_full, name, view, capsys):
+    expected = json.loads((REPO / "models" / name / "eval.json").read_text())[view]
     capsys.readouterr()
-    assert main(["eval", "--model", str(MODEL), "--data", str(emoji_full), "--view", view, "--json"]) == 0
+    assert main(["eval", "--model", str(REPO / "models" / name), "--data", str(emoji_full), "--view", view,
+                 "--langs", *expected["languages"], "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["n_images"] == expected["n_images"]
     for lang, m in expected["languages"].items():

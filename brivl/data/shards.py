@@ -13,10 +13,11 @@ import io
 import json
 import logging
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_folder_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None],
+                            extra_files: dict[str, Any] | None = None) -> Path:
+    """Call ``write(tmp)`` on a fresh temp folder, add ``extra_files`` (name -> str/bytes/JSON), then
+    rename it to ``out_dir``: a crash midway leaves any previous folder intact."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        for name, content in (extra_files or {}).items():
+            data = content if isinstance(content, (str, bytes)) else json.dumps(content, indent=2, ensure_ascii=False)
+            (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
+    return out_dir
 
 
 class ShardWriter:
