@@ -163,6 +163,18 @@ def cmd_eval(a) -> None:
     from .model import create_model
 
     model = create_model(a.model)
+    if a.write:  # re-evaluate a model folder on both views and rewrite its eval.json (e.g. after a data rebuild)
+        from .data.shards import atomic_write_json
+
+        if not (Path(a.model) / "brivl.json").is_file():
+            raise CLIError(f"--write needs a model folder (with brivl.json), got {a.model!r}")
+        langs = a.langs or model.info.get("languages")
+        results = {v: run_eval(model, a.data, v, langs, name=a.model) for v in ("closed", "test")}
+        atomic_write_json(Path(a.model) / "eval.json", results)
+        for v, res in results.items():
+            print(format_table(res, f"{a.model} on {a.data} [{v}] ({res['n_images']} images)"))
+        print(f"wrote {Path(a.model) / 'eval.json'}")
+        return
     res = run_eval(model, a.data, a.view, a.langs, name=a.model)
     if a.json:
         print(json.dumps(res, ensure_ascii=False))
@@ -179,7 +191,7 @@ def cmd_plot(a) -> None:
 def cmd_demo(a) -> None:
     from .demo import run_demo
 
-    run_demo(a.model, a.data, a.queries)
+    run_demo(a.model, a.data, a.queries, index_dir=a.index)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -246,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--view", default="closed", help="closed (every emoji) | test (held-out) | a split name")
     v.add_argument("--langs", nargs="+", default=None, help=f"default: {' '.join(M9)}")
     v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--write", action="store_true", help="evaluate the closed and test views and rewrite the model "
+                   "folder's eval.json")
     v.set_defaults(func=cmd_eval)
 
     pl_ = sub.add_parser("plot", help="loss curve PNG from a Lightning metrics.csv")
@@ -257,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model", default=DEFAULT_MODEL)
     dm.add_argument("--data", default=DEFAULT_DATA)
     dm.add_argument("--queries", nargs="*", default=None)
+    dm.add_argument("--index", default=None, help="index folder (default: data/index/<model name>, built if missing)")
     dm.set_defaults(func=cmd_demo)
     return p
 

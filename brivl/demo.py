@@ -1,10 +1,9 @@
 """The README's main job: build the emoji data if missing, load the shipped model, print a per-language
-retrieval table and example queries in the nine m9 languages, and save a grid of the hits."""
+retrieval table, build the emoji FAISS index (if missing) and answer example queries in the nine m9
+languages from it, and save a grid of the hits."""
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
 
 EXAMPLE_QUERIES = [
     ("en", "cat face"), ("zh", "猫"), ("es", "pizza"), ("fr", "cœur rouge"), ("ru", "собака"),
@@ -21,53 +20,48 @@ def ensure_data(data: str) -> None:
         args.func(args)
 
 
-def save_grid(rows: list[tuple[str, list]], out: str | Path, cell: int = 64) -> Path:
-    """One row per query: its label, then its hit images."""
-    from PIL import Image, ImageDraw
-
-    from .data.datamodule import flatten
-
-    label_w = 220
-    k = max(len(h) for _, h in rows)
-    grid = Image.new("RGB", (label_w + k * cell, len(rows) * cell), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, (label, hits) in enumerate(rows):
-        draw.text((4, r * cell + cell // 2 - 6), label[:34], fill="black")
-        for c, img in enumerate(hits):
-            grid.paste(flatten(img, (255, 255, 255)).resize((cell, cell)), (label_w + c * cell, r * cell))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
-    return out
-
-
 def run_demo(model_dir: str, data: str, queries: list[str] | None = None, k: int = 3,
-             grid: str = "runs/demo/queries.png") -> None:
+             grid: str = "runs/demo/queries.png", index_dir: str | None = None) -> None:
+    """Tables on both views, then the emoji index (``data/index/<model name>``) and example searches."""
     from .cli import run_eval
-    from .data.datamodule import load_view, to_batch
+    from .data.datamodule import load_view
     from .evaluate import format_table
     from .model import create_model
 
     ensure_data(data)
     model = create_model(model_dir)
-    closed = load_view(data, "closed")  # decoded once: evaluated, then searched below
+    closed = load_view(data, "closed")  # decoded once for the table
     for view in ("closed", "test"):
         res = run_eval(model, data, view, None, name=model_dir, loaded=closed if view == "closed" else None)
         print(format_table(res, f"\n{model_dir} text->image / image->text retrieval, view={view} "
                                 f"({res['n_images']} emoji)"))
-    samples = closed[0]
-    mean, std = model.image_mean_std
-    image_emb = model.embed_images(to_batch(samples, model.image_size, mean, std))
+    index_dir = index_dir or str(Path(data).parent / "index" / Path(model_dir).name)
+    search_index(model_dir, data, queries, k, index_dir, grid)
+
+
+def search_index(model_dir: str, data: str, queries: list[str] | None, k: int, index_dir: str, grid: str) -> None:
+    """Build the FAISS index of every emoji (reused when current), then answer the example queries from it."""
+    import time
+
+    from index.api import load_index, search_text
+    from index.build import ensure_index
+    from index.grid import save_grid
+
+    info, built = ensure_index(model_dir, data, index_dir, progress=False)
+    print(f"\nindex {index_dir}: {info['count']} emoji, {info['factory']} "
+          f"({'built' if built else 'reused'}; text encoder: {'ONNX' if info.get('text_encoder') else 'torch'})")
     qs = [("", q) for q in queries] if queries else EXAMPLE_QUERIES
-    text_emb = model.embed_texts([q for _, q in qs])
-    scores, idx = (text_emb @ image_emb.T).topk(k, dim=1)
-    print(f"\nexample queries (top {k} of {len(samples)} emoji):")
-    rows = []
-    for n, ((lang, q), sc, ix) in enumerate(zip(qs, scores.tolist(), idx.tolist()), 1):
-        hits = [samples[i] for i in ix]
-        shown = "  ".join(f"{h['meta'].get('emoji', h['key'])} {h['meta'].get('names', {}).get('en', h['key'])} "
-                          f"({s:.2f})" for h, s in zip(hits, sc))
-        print(f"  [{lang or '?':>2}] {q:<14} -> {shown}")
-        label = q if q.isascii() else f"query {n} (see console)"  # PIL's default font is Latin-only
-        rows.append((f"[{lang}] {label}" if lang else label, [h["image"] for h in hits]))
-    print(f"grid of hits: {save_grid(rows, grid)}")
+    idx = load_index(index_dir)
+    try:
+        t = time.perf_counter()
+        results = search_text(idx, [q for _, q in qs], k=k)
+        ms = 1e3 * (time.perf_counter() - t)
+        print(f"example queries: top {k} of {info['count']} ({len(qs)} queries in {ms:.0f} ms, text encoder start "
+              f"included)")
+        for (lang, q), hits in zip(qs, results):
+            shown = "   ".join(f"{h.label(lang or None)} ({h.score:.2f})" for h in hits)
+            print(f"  [{lang or '?':>2}] {q:<12} -> {shown}")
+        labels = [f"[{lang}] {q}" if lang else q for lang, q in qs]
+        print(f"grid of hits: {save_grid(labels, results, grid, cell=64, label_width=150)}")
+    finally:
+        idx.close()

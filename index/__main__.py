@@ -1,0 +1,6 @@
+"""``python -m index``: see :mod:`index.cli`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,445 @@
+"""The Python API of an index folder: load, search (text, image, vector), add, remove, verify.
+
+    from index.api import load_index, search_text
+    idx = load_index("runs/index/emoji")
+    for hit in search_text(idx, ["一只猫", "red heart"], k=5)[0]:
+        print(hit.rank, hit.score, hit.id, hit.caption)
+
+Text queries go through ONNX (``text.onnx`` + ``tokenizer.json``: no torch import) when the index has
+them, else through the torch model recorded in ``index.json`` (with a note). Image queries always use
+torch. Hits carry metadata looked up in SQLite by id. Every bad input raises
+:class:`index.common.UserError` with a one-line message; nothing on disk is changed by a search.
+
+``add_items`` / ``remove_items`` change a copy of the folder and swap it in (see
+:func:`index.common.update_folder`), keeping the FAISS index, ``ids.npy``, ``meta.sqlite`` and
+``index.json`` in step. Index types that cannot remove vectors in place (HNSW, on-disk IVF) keep the
+removed ids as tombstones that search filters out.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import factory as fx
+from . import meta
+from .common import (FAISS_NAME, IDS_NAME, INFO_NAME, META_NAME, UserError, atomic_save_npy, atomic_write_json,
+                     now_iso, read_faiss, read_info, replacing, same_model, update_folder)
+
+MAX_QUERY_BYTES = 2048
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    id: int
+    key: str
+    caption: str | None
+    language: str | None
+    source: str | None
+    captions: dict = field(default_factory=dict, repr=False)
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def label(self, lang: str | None = None) -> str:
+        """The caption in ``lang`` when the item has one, else its default caption (or key)."""
+        caps = self.captions.get(lang) if lang else None
+        text = caps[0] if caps else (self.caption or self.key)
+        symbol = self.extra.get("emoji")
+        return f"{symbol} {text}" if symbol else text
+
+    def to_dict(self, lang: str | None = None) -> dict:
+        return {"rank": self.rank, "score": round(self.score, 6), "id": self.id, "key": self.key,
+                "caption": self.label(lang), "language": lang if lang and self.captions.get(lang) else self.language,
+                "source": self.source}
+
+
+@dataclass
+class LoadedIndex:
+    path: Path
+    info: dict
+    index: object  # faiss.Index
+    db: sqlite3.Connection
+    deleted: set
+    count: int
+    notes: list = field(default_factory=list)
+    _text: object = None
+    _model: object = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["dim"])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# -------------------------------------------------------------------------------------------- loading
+
+
+def load_index(path: str | os.PathLike, mmap: bool = False) -> LoadedIndex:
+    """Open an index folder read-only and check that index, ids and metadata agree (counts).
+
+    ``mmap``: map an in-RAM index file instead of reading it (on-disk indexes are always mapped)."""
+    path = Path(path)
+    info = read_info(path)
+    fpath = path / FAISS_NAME
+    if not fpath.is_file():
+        raise UserError(f"{path} has no {FAISS_NAME}: the index folder is incomplete, rebuild it")
+    try:
+        index = read_faiss(fpath, on_disk=bool(info.get("on_disk")), mmap=bool(mmap))
+    except RuntimeError as e:
+        raise UserError(f"cannot read {fpath}: {str(e).strip().splitlines()[-1][:200]}") from e
+    if index.d != info["dim"]:
+        raise UserError(f"{fpath} holds {index.d}-d vectors but {INFO_NAME} says {info['dim']}")
+    db = meta.connect(path / META_NAME, readonly=True)
+    try:
+        n_meta, deleted = meta.count(db), meta.deleted_ids(db)
+    except sqlite3.DatabaseError as e:
+        db.close()
+        raise UserError(f"cannot read {path / META_NAME}: {e}") from e
+    try:
+        n_ids = int(np.load(path / IDS_NAME, mmap_mode="r").shape[0])
+    except (OSError, ValueError) as e:
+        db.close()
+        raise UserError(f"cannot read {path / IDS_NAME}: {e}") from e
+    counts = {"index.json count": info["count"], "ids.npy": n_ids, "meta.sqlite rows": n_meta,
+              "faiss vectors - removed": int(index.ntotal) - len(deleted)}
+    if len(set(counts.values())) != 1:
+        db.close()
+        raise UserError(f"index ids and metadata do not match in {path} ("
+                        + ", ".join(f"{k} {v}" for k, v in counts.items()) + "): rebuild the index")
+    fx.set_search_params(index, info.get("params") or {})
+    return LoadedIndex(path, info, index, db, deleted, n_meta)
+
+
+def index_ids(index) -> np.ndarray:
+    """Every id stored in a FAISS index (IndexIDMap2's map, or the IVF lists)."""
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    if hasattr(inner, "id_map"):
+        return faiss.vector_to_array(inner.id_map).astype(np.int64)
+    ivf = fx.ivf_of(index)
+    if ivf is None:
+        raise UserError("this index type does not store ids")
+    inv = ivf.invlists
+    out = [faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy() for i in range(ivf.nlist)
+           if inv.list_size(i)]
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def verify(idx: LoadedIndex) -> None:
+    """Full check: the same id set in FAISS (minus tombstones), ``ids.npy`` and ``meta.sqlite``."""
+    in_faiss = index_ids(idx.index)
+    live = np.setdiff1d(in_faiss, np.fromiter(idx.deleted, np.int64, len(idx.deleted)))
+    in_npy = np.sort(np.load(idx.path / IDS_NAME))
+    in_meta = meta.all_ids(idx.db)
+    if len(np.unique(in_faiss)) != len(in_faiss):
+        raise UserError(f"index ids and metadata do not match in {idx.path}: the FAISS index repeats ids")
+    if not (np.array_equal(np.sort(live), in_npy) and np.array_equal(in_npy, in_meta)):
+        raise UserError(f"index ids and metadata do not match in {idx.path}: {len(live)} live FAISS ids, "
+                        f"{len(in_npy)} in ids.npy, {len(in_meta)} in meta.sqlite, not the same set")
+
+
+# ------------------------------------------------------------------------------------------- encoders
+
+
+def text_encoder(idx: LoadedIndex, model: str | None = None):
+    """ONNX encoder when the index has one (and no other ``model`` is asked for), else torch."""
+    if idx._text is None:
+        from .textenc import TorchTextEncoder, has_onnx, onnx_encoder
+
+        if model is None and has_onnx(idx.path, idx.info):
+            idx._text = onnx_encoder(idx.path, idx.info)
+        else:
+            if model is None:
+                note = (f"note: {idx.path} has no ONNX text encoder; loading the torch model (slow). "
+                        f"`python -m index export-onnx --index {idx.path}` makes text search fast")
+                idx.notes.append(note)
+                print(note, file=sys.stderr)
+            idx._text = TorchTextEncoder(torch_model(idx, model))
+    return idx._text
+
+
+def torch_model(idx: LoadedIndex, model: str | None = None):
+    """The index's model (or ``model``), checked against the one recorded in ``index.json``."""
+    if idx._model is None:
+        from .embed import describe_model, load_model
+
+        path = model or (idx.info.get("model") or {}).get("path")
+        if not path or not Path(path).exists():
+            raise UserError(f"the model that built {idx.path} ({path}) is not available: pass --model DIR")
+        m = load_model(path)
+        why = same_model(idx.info.get("model") or {}, describe_model(m, path))
+        if why:
+            raise UserError(f"{idx.path} was built by another model: {why}")
+        idx._model = m
+    return idx._model
+
+
+# --------------------------------------------------------------------------------------------- search
+
+
+def check_k(idx: LoadedIndex, k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise UserError(f"k must be an integer, got {k!r}")
+    if k <= 0:
+        raise UserError(f"k must be >= 1, got {k}")
+    if k > idx.count:
+        raise UserError(f"k={k} exceeds the {idx.count} items in the index")
+    return int(k)
+
+
+def check_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise UserError("no query given")
+    for i, t in enumerate(texts):
+        where = f"query {i + 1}" if len(texts) > 1 else "query"
+        if not isinstance(t, str):
+            raise UserError(f"{where} is not a string: {type(t).__name__}")
+        if not t.strip():
+            raise UserError(f"{where} is empty or whitespace only")
+        if "\x00" in t:
+            raise UserError(f"{where} contains a NUL character")
+        n = len(t.encode("utf-8", errors="surrogatepass"))
+        if n > MAX_QUERY_BYTES:
+            raise UserError(f"{where} is {n} bytes long; at most {MAX_QUERY_BYTES} bytes are accepted")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UserError(f"{where} is not valid text ({e.reason} at position {e.start})") from e
+    return texts
+
+
+def check_vectors(idx: LoadedIndex, vectors) -> np.ndarray:
+    try:
+        x = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"query vector is not numeric ({e})") from e
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise UserError(f"query vectors must be (n, {idx.dim}), got shape {tuple(x.shape)}")
+    if x.shape[1] != idx.dim:
+        raise UserError(f"query vector has dimension {x.shape[1]}; this index holds {idx.dim}-d vectors")
+    if not np.isfinite(x).all():
+        raise UserError("query vector contains NaN or infinity")
+    if (np.abs(x).sum(axis=1) == 0).any():
+        raise UserError("query vector is all zeros")
+    return np.ascontiguousarray(x)
+
+
+def search_vector(idx: LoadedIndex, vectors, k: int = 10) -> list[list[Hit]]:
+    """Top-k hits of each query vector (inner product), metadata attached by id."""
+    k = check_k(idx, k)
+    x = check_vectors(idx, vectors)
+    kk = min(k + len(idx.deleted), int(idx.index.ntotal))
+    scores, ids = fx.search(idx.index, x, kk)
+    wanted = {int(i) for i in ids.ravel() if i >= 0 and int(i) not in idx.deleted}
+    items = meta.fetch(idx.db, wanted)
+    missing = wanted - set(items)
+    if missing:
+        raise UserError(f"index ids and metadata do not match in {idx.path}: id {min(missing)} has no metadata "
+                        "(rebuild the index)")
+    out = []
+    for srow, irow in zip(scores, ids):
+        hits, seen = [], set()
+        for s, i in zip(srow.tolist(), irow.tolist()):
+            if i < 0 or i in idx.deleted or i in seen:
+                continue
+            seen.add(i)
+            it = items[i]
+            hits.append(Hit(len(hits) + 1, float(s), i, it["key"], it["caption"], it["language"], it["source"],
+                            it["captions"], it["extra"]))
+            if len(hits) == k:
+                break
+        out.append(hits)
+    return out
+
+
+def embed_texts(idx: LoadedIndex, texts, model: str | None = None) -> np.ndarray:
+    return text_encoder(idx, model)(check_texts(texts))
+
+
+def search_text(idx: LoadedIndex, texts, k: int = 10, model: str | None = None) -> list[list[Hit]]:
+    """Top-k hits of each text query (ONNX encoder when available)."""
+    texts = check_texts(texts)
+    check_k(idx, k)
+    return search_vector(idx, text_encoder(idx, model)(texts), k)
+
+
+def open_image(path_or_image):
+    """A fully decoded PIL image, or :class:`UserError` naming the file."""
+    from PIL import Image
+
+    if not isinstance(path_or_image, (str, os.PathLike)):
+        return path_or_image
+    path = Path(path_or_image)
+    if not path.is_file():
+        raise UserError(f"image {path} not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot decode image {path} ({type(e).__name__}: {str(e)[:120]})") from e
+
+
+def embed_images(idx: LoadedIndex, images: Sequence, model: str | None = None) -> np.ndarray:
+    pil = [open_image(im) for im in images]  # decode errors before the slow torch import
+    m = torch_model(idx, model)
+    from brivl.data.datamodule import to_batch
+
+    mean, std = m.image_mean_std
+    return m.embed_images(to_batch([{"image": im} for im in pil], m.image_size, mean, std)).numpy()
+
+
+def search_image(idx: LoadedIndex, images, k: int = 10, model: str | None = None) -> list[list[Hit]]:
+    """Top-k hits of each query image (paths or PIL images; uses torch)."""
+    if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):
+        images = [images]
+    check_k(idx, k)
+    return search_vector(idx, embed_images(idx, images, model), k)
+
+
+# ---------------------------------------------------------------------------------------- add / remove
+
+
+def _load_for_update(index_dir) -> LoadedIndex:
+    idx = load_index(index_dir)
+    verify(idx)
+    if idx.info.get("on_disk"):
+        idx.close()
+        raise UserError(f"{index_dir} is an on-disk index: adding to it is not supported, rebuild it with the "
+                        "new embeddings")
+    return idx
+
+
+def add_items(index_dir: str | os.PathLike, data: str, view: str = "closed", model: str | None = None,
+              batch_size: int = 256, files_per_shard: int = 1000, progress: bool = True) -> dict:
+    """Embed the images of ``data`` with the index's model and add the ones whose keys are new."""
+    import faiss
+
+    from .embed import read_shard, run_embed
+
+    idx = _load_for_update(index_dir)
+    try:
+        m = torch_model(idx, model)
+        with tempfile.TemporaryDirectory(prefix="index-add-") as tmp_emb:
+            summary = run_embed(model or idx.info["model"]["path"], data, tmp_emb, view=view, batch_size=batch_size,
+                                files_per_shard=files_per_shard, progress=progress, model=m)
+            from .embed import finished_shards
+
+            embs, items = [], []
+            for name in finished_shards(tmp_emb):
+                e, _, its = read_shard(tmp_emb, name)
+                embs.append(np.asarray(e, np.float32))
+                items += its
+        x = np.concatenate(embs) if embs else np.zeros((0, idx.dim), np.float32)
+        keys = [it["key"] for it in items]
+        from .common import ids_for_keys
+
+        new_ids = ids_for_keys(keys)
+        have = meta.ids_of_keys(idx.db, keys)
+        existing = meta.fetch(idx.db, new_ids.tolist())
+        clash = [(it["key"], existing[it["id"]]["key"]) for it in items
+                 if it["id"] in existing and existing[it["id"]]["key"] != it["key"]]
+        if clash:
+            raise UserError(f"id collision: new key {clash[0][0]!r} and indexed key {clash[0][1]!r} share an id")
+        revived = [it["key"] for it in items if it["id"] in idx.deleted]
+        if revived:
+            raise UserError(f"key {revived[0]!r} was removed from this {idx.info['factory']} index, which keeps "
+                            "removed vectors as tombstones: rebuild the index to add it again")
+        keep = np.array([it["key"] not in have for it in items], dtype=bool)
+        x, new_ids = x[keep], new_ids[keep]
+        items = [it for it, kp in zip(items, keep) if kp]
+        info = dict(idx.info)
+        idx.close()
+        if not items:
+            return {"added": 0, "already_indexed": len(have), "count": info["count"], "skipped": summary["skipped"]}
+
+        def change(tmp: Path) -> None:
+            index = faiss.read_index(str(tmp / FAISS_NAME))
+            fx.add(index, x, new_ids)
+            with replacing(tmp / FAISS_NAME) as p:
+                faiss.write_index(index, str(p))
+            conn = meta.connect(tmp / META_NAME)
+            try:
+                meta.insert(conn, items)
+            finally:
+                conn.close()
+            atomic_save_npy(tmp / IDS_NAME, np.concatenate([np.load(tmp / IDS_NAME), new_ids]))
+            info.update(count=info["count"] + len(items), ntotal=int(index.ntotal), updated=now_iso())
+            atomic_write_json(tmp / INFO_NAME, info)
+
+        update_folder(index_dir, change)
+        return {"added": len(items), "already_indexed": len(have), "count": info["count"],
+                "skipped": summary["skipped"]}
+    finally:
+        idx.close()
+
+
+def remove_items(index_dir: str | os.PathLike, ids: Sequence[int] = (), keys: Sequence[str] = ()) -> dict:
+    """Remove items by id and/or key; unknown ones are an error (and nothing changes)."""
+    import faiss
+
+    idx = load_index(index_dir)
+    verify(idx)
+    try:
+        by_key = meta.ids_of_keys(idx.db, keys)
+        unknown_keys = [k for k in keys if k not in by_key]
+        if unknown_keys:
+            raise UserError(f"key {unknown_keys[0]!r} is not in the index"
+                            + (f" (and {len(unknown_keys) - 1} more)" if len(unknown_keys) > 1 else ""))
+        wanted = sorted({int(i) for i in ids} | set(by_key.values()))
+        if not wanted:
+            raise UserError("nothing to remove: give --ids or --keys")
+        found = set(meta.fetch_ids(idx.db, wanted))
+        unknown = [i for i in wanted if i not in found]
+        if unknown:
+            raise UserError(f"id {unknown[0]} is not in the index"
+                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        info = dict(idx.info)
+    finally:
+        idx.close()
+    gone = np.array(wanted, dtype=np.int64)
+    result = {}
+
+    def change(tmp: Path) -> None:
+        tombstone = bool(info.get("on_disk"))
+        index = faiss.read_index(str(tmp / FAISS_NAME)) if not tombstone else None
+        if index is not None:
+            try:
+                removed = index.remove_ids(faiss.IDSelectorBatch(gone))
+                if removed != len(gone):
+                    raise UserError(f"FAISS removed {removed} of {len(gone)} vectors: the index and metadata "
+                                    "do not match, rebuild the index")
+                with replacing(tmp / FAISS_NAME) as p:
+                    faiss.write_index(index, str(p))
+            except RuntimeError:  # HNSW & co cannot remove in place
+                tombstone = True
+        conn = meta.connect(tmp / META_NAME)
+        try:
+            meta.delete(conn, gone.tolist(), tombstone)
+            deleted = len(meta.deleted_ids(conn))
+        finally:
+            conn.close()
+        old = np.load(tmp / IDS_NAME)
+        atomic_save_npy(tmp / IDS_NAME, old[~np.isin(old, gone)])
+        ntotal = info["ntotal"] if tombstone else int(index.ntotal)
+        info.update(count=info["count"] - len(gone), ntotal=ntotal, deleted=deleted, updated=now_iso())
+        atomic_write_json(tmp / INFO_NAME, info)
+        result.update(removed=len(gone), tombstones=tombstone, count=info["count"])
+
+    update_folder(index_dir, change)
+    return result

@@ -1,0 +1,125 @@
+"""index.factory / index.common: recall vs brute force, chosen indexes vs exact IndexFlatIP, stable ids."""
+import faiss
+import numpy as np
+import pytest
+
+from index import factory as fx
+from index.build import build_index
+from index.common import UserError, ids_for_keys, key_to_id, parse_memory
+
+
+def _data(n=4000, d=32, nq=200, seed=0):
+    """Normalised vectors around 40 centres (embedding-like: clustered, not separable)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, d))
+    x = centres[rng.integers(0, 40, n + nq)] + 0.8 * rng.normal(size=(n + nq, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return x[:n], x[n:]
+
+
+def _brute_recall(found, truth, k):
+    total = 0
+    for f, t in zip(found, truth):
+        total += len({int(i) for i in f[:k] if i >= 0} & {int(i) for i in t[:k]})
+    return total / (len(found) * k)
+
+
+def test_recall_at_k_matches_brute_force():
+    rng = np.random.default_rng(1)
+    for k in (1, 5, 10):
+        truth = np.stack([rng.permutation(50)[:k] for _ in range(30)])
+        found = np.where(rng.random((30, k)) < 0.3, -1, rng.integers(0, 50, (30, k)))
+        found[:5] = truth[:5]
+        assert fx.recall_at_k(found, truth, k) == pytest.approx(_brute_recall(found, truth, k))
+    assert fx.recall_at_k(truth, truth, k) == 1.0
+
+
+def test_exact_knn_is_index_flat_ip():
+    xb, xq = _data(500, 16, 20)
+    scores, rows = fx.exact_knn(xq, xb, 10)
+    flat = faiss.IndexFlatIP(16)
+    flat.add(xb)
+    d2, i2 = flat.search(xq, 10)
+    ref = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
+    assert np.array_equal(rows, i2) and np.array_equal(rows, ref)
+    assert np.allclose(scores, d2, atol=1e-5)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF32,Flat", "HNSW32,SQ8"])
+def test_tuned_index_vs_exact_flat_ip(factory):
+    xb, xq = _data()
+    ids = np.array([key_to_id(f"k{i}") for i in range(len(xb))], dtype=np.int64)
+    index, report = build_index(xb, ids, factory, target_recall=0.95, n_queries=200, progress=False)
+    assert report["reached"] and report["recall"] >= 0.95
+    # fresh queries, tuned parameters, against an exact IndexFlatIP brute force
+    flat = faiss.IndexFlatIP(xb.shape[1])
+    flat.add(xb)
+    _, rows = flat.search(xq, 10)
+    _, found = index.search(xq, 10)
+    recall = fx.recall_at_k(found, ids[rows], 10)
+    assert recall == pytest.approx(_brute_recall(found, ids[rows], 10))
+    assert recall >= (1.0 if factory == "Flat" else 0.9), (factory, report["params"], recall)
+    # returned ids are ours (not row numbers), scores are inner products
+    scores, found = index.search(xq[:3], 3)
+    pos = {int(i): r for r, i in enumerate(ids)}
+    for srow, irow, q in zip(scores, found, xq[:3]):
+        for s, i in zip(srow, irow):
+            assert s == pytest.approx(float(xb[pos[int(i)]] @ q), abs=0.02 if "SQ8" in factory else 1e-4)
+
+
+def test_tune_raises_the_knob_until_the_target():
+    xb, xq = _data(3000, 32, 100, seed=3)
+    ids = np.arange(len(xb), dtype=np.int64) * 3 + 1
+    index = fx.make_index("IVF64,Flat", 32)
+    fx.train(index, xb)
+    fx.add(index, xb, ids)
+    _, rows = fx.exact_knn(xq, xb, 10)
+    res = fx.tune(index, xq, ids[rows], 10, 0.99)
+    values = [v for v, _, _ in res.tried]
+    assert values == sorted(values) and res.params["nprobe"] == values[-1] and res.reached
+    assert all(r < 0.99 for _, r, _ in res.tried[:-1])
+    assert fx.ivf_of(index).nprobe == res.params["nprobe"]
+    impossible = fx.tune(index, xq, ids[rows][:, ::-1] * 0 + 999_999, 10, 0.5)  # never reachable
+    assert not impossible.reached and impossible.recall == 0.0
+
+
+def test_choose_factory_by_size_and_memory():
+    gib = 1 << 30
+    assert fx.choose_factory(10_000, 512, 4 * gib) == "Flat"
+    assert fx.choose_factory(1_000_000, 512, 4 * gib) == "HNSW32"
+    assert fx.choose_factory(1_000_000, 512, 1 * gib) == "HNSW32,SQ8"
+    small = fx.choose_factory(1_000_000, 512, 256 << 20)
+    assert small.startswith("OPQ") and ",IVF4096,PQ" in small
+    assert fx.estimate_memory(small, 1_000_000, 512) <= 256 << 20
+    assert fx.choose_factory(1_000_000, 512, 64 * gib, on_disk=True) == "IVF4096,Flat"
+    with pytest.raises(ValueError, match="--max-memory"):
+        fx.choose_factory(10_000_000, 512, 1 << 20)
+    assert fx.nlist_for(1_000_000) == 4096 and fx.nlist_for(100) == 2
+    # the estimate is close to what faiss really takes for HNSW32 and Flat
+    xb, _ = _data(5000, 64, 1)
+    for f in ("Flat", "HNSW32"):
+        index = fx.make_index(f, 64)
+        fx.add(index, xb, np.arange(5000, dtype=np.int64))
+        real = faiss.serialize_index(index).nbytes
+        assert 0.6 < fx.estimate_memory(f, 5000, 64) / real < 1.6, (f, real)
+
+
+def test_ids_are_stable_63_bit_and_collisions_are_caught(monkeypatch):
+    assert key_to_id("1f431") == key_to_id("1f431") == 3789487823935046315
+    ids = ids_for_keys([f"key{i}" for i in range(10_000)])
+    assert ids.dtype == np.int64 and (ids >= 0).all() and len(np.unique(ids)) == 10_000
+    with pytest.raises(UserError, match="more than once"):
+        ids_for_keys(["a", "b", "a"])
+    import index.common as common
+
+    monkeypatch.setattr(common, "key_to_id", lambda key: 42)
+    with pytest.raises(UserError, match="collision.*'a'.*'b'"):
+        ids_for_keys(["a", "b"])
+
+
+def test_parse_memory():
+    assert parse_memory("4G") == 4 << 30 and parse_memory("512M") == 512 << 20 and parse_memory("1.5GB") == 3 << 29
+    assert parse_memory("2GiB") == 2 << 30 and parse_memory(1000) == 1000
+    for bad in ("lots", "0", "-1G"):
+        with pytest.raises(UserError):
+            parse_memory(bad)
