@@ -191,7 +191,7 @@ def cmd_plot(a) -> None:
 def cmd_demo(a) -> None:
     from .demo import run_demo
 
-    run_demo(a.model, a.data, a.queries, index_dir=a.index)
+    run_demo(a.model, a.data, a.queries, grid=a.grid, index_dir=a.index)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--data", default=DEFAULT_DATA)
     dm.add_argument("--queries", nargs="*", default=None)
     dm.add_argument("--index", default=None, help="index folder (default: data/index/<model name>, built if missing)")
+    dm.add_argument("--grid", default="runs/demo/queries.png", help="where the image grid of the hits goes")
     dm.set_defaults(func=cmd_demo)
     return p
 

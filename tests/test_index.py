@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from brivl.cli import main as main_brivl
 from brivl.data.datamodule import load_view, to_batch
 from brivl.model import create_model
 from conftest import REPO
@@ -338,3 +339,34 @@ def test_onnx_export_of_a_hugging_face_altclip_model(emoji_small, tmp_path):
     onnx = OnnxTextEncoder(tmp_path, cfg)
     assert np.abs(onnx(QUERIES) - model.embed_texts(QUERIES).numpy()).max() < 1e-4
     assert np.array_equal(onnx.tokenize(QUERIES), model.tokenize(QUERIES).numpy())
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+def test_ensure_index_reuses_only_for_the_same_weights(emoji_small, models, tmp_path):
+    from index.build import ensure_index
+
+    out = tmp_path / "idx"
+    info, built = ensure_index(str(models[0]), str(emoji_small), str(out), progress=False)
+    assert built and info["count"] == _count(emoji_small) and info["text_encoder"]
+    again, built = ensure_index(str(models[0]), str(emoji_small), str(out), progress=False)
+    assert not built and again["created"] == info["created"]
+    other, built = ensure_index(str(models[1]), str(emoji_small), str(out), progress=False)  # other weights: rebuilt
+    assert built and other["model"]["probe"] != info["model"]["probe"]
+    assert _no_temp_left(out)
+
+
+def test_demo_answers_the_example_queries_from_the_index(emoji_small, models, tmp_path, capsys):
+    args = ["demo", "--model", str(models[0]), "--data", str(emoji_small), "--index", str(tmp_path / "idx"),
+            "--grid", str(tmp_path / "grid.png")]
+    assert main_brivl(args) == 0
+    out = capsys.readouterr().out
+    assert "(built;" in out and "text encoder: ONNX" in out and (tmp_path / "grid.png").is_file()
+    from brivl.demo import EXAMPLE_QUERIES
+
+    lines = [ln for ln in out.splitlines() if " -> " in ln]
+    assert len(lines) == len(EXAMPLE_QUERIES)
+    for (lang, q), line in zip(EXAMPLE_QUERIES, lines):
+        assert line.strip().startswith(f"[{lang}] {q}")
+    assert main_brivl(args) == 0 and "(reused;" in capsys.readouterr().out
