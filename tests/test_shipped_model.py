@@ -47,3 +47,20 @@ def test_shipped_model_per_language_floor():
 def test_shipped_model_mean_target():
     r1 = _closed_r1()
     assert sum(r1.values()) / 9 >= 0.90, r1
+
+
+def _t2i_r1(name: str) -> dict:
+    res = json.loads((REPO / "models" / name / "eval.json").read_text())["closed"]["languages"]
+    return {lang: m["t2i"]["R@1"] for lang, m in res.items()}
+
+
+def test_altclip_student_beats_chance_everywhere():
+    r1 = _t2i_r1("altclip-emoji")
+    assert len(r1) == 9 and min(r1.values()) > 100 * (1 / 1543), r1  # far above chance in every m9 language
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 target (student >= 0.95 x the English teacher's R@1 in every m9 "
+                   "language) not reached on this CPU budget; strict, so reaching it flips this test")
+def test_altclip_student_reaches_teacher():
+    teacher_en, r1 = _t2i_r1("clip-emoji-en")["en"], _t2i_r1("altclip-emoji")
+    assert min(r1.values()) >= 0.95 * teacher_en, (teacher_en, r1)
