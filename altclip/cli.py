@@ -59,7 +59,8 @@ def ablation_table(teacher: dict, rows: dict[str, dict], langs: list[str], view:
         worst = min(langs, key=lambda lang: tuned["languages"][lang]["t2i"]["R@1"])
         checks["worst_lang"] = worst
         checks["worst_ratio"] = tuned["languages"][worst]["t2i"]["R@1"] / en if en else float("nan")
-        checks["margin_over_last"] = means[names[1]] - means[names[-1]]
+        if len(names) >= 3:  # the last row is the from-scratch baseline
+            checks["margin_over_last"] = means[names[1]] - means[names[-1]]
     return "\n".join(lines), checks
 
 
@@ -82,7 +83,8 @@ def cmd_ablation(a) -> None:
         names = list(rows)
         print(f"\n{names[1]}: lowest language {checks['worst_lang']} = {checks['worst_ratio']:.3f} x the teacher's "
               f"English R@1 {checks['teacher_en']:.3f} (target >= 0.95 in every language)")
-        print(f"{names[1]} - {names[-1]}: {100 * checks['margin_over_last']:+.1f} points mean R@1 (target >= +10)")
+        if "margin_over_last" in checks:
+            print(f"{names[1]} - {names[-1]}: {100 * checks['margin_over_last']:+.1f} points mean R@1 (target >= +10)")
 
 
 def cmd_models(a) -> None:

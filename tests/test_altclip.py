@@ -224,3 +224,5 @@ def test_ablation_table_checks_the_targets():
     assert checks["worst_lang"] == "ar" and checks["worst_ratio"] == pytest.approx(0.6 / 0.8)
     assert checks["margin_over_last"] == pytest.approx((0.8 + 0.78 + 0.6) / 3 - 0.1)
     assert "| stage 2 | 0.800 | 0.780 | 0.600 | 0.727 |" in table and "| English teacher (en only) | 0.800" in table
+    _, two = ablation_table(res({"en": 0.8}), {k: rows[k] for k in ("stage 1", "stage 2")}, langs)
+    assert "margin_over_last" not in two and two["worst_lang"] == "ar"  # no baseline row: no margin
