@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 import math
 import re
 import time
@@ -280,10 +281,42 @@ def omp_threads(n: int | None):
         faiss.omp_set_num_threads(before)
 
 
+_GRAPH_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # faiss objects refuse new attributes
+_NOT_GRAPH = ()
+
+
+def _graph_and_ids(index):
+    """(the HNSW graph, the int64 id of each of its rows) when ``index`` is an ``IndexIDMap`` around HNSW,
+    else None. Cached per index object; the table is re-read when the graph has grown (HNSW only grows:
+    removals are tombstones)."""
+    import faiss
+
+    cached = _GRAPH_IDS.get(index)
+    if cached is not None and (cached is _NOT_GRAPH or len(cached[1]) == cached[0].ntotal):
+        return None if cached is _NOT_GRAPH else cached
+    id_map = getattr(index, "id_map", None)
+    inner = faiss.downcast_index(index.index) if id_map is not None else None
+    cached = (inner, faiss.vector_to_array(id_map)) if isinstance(inner, faiss.IndexHNSW) else _NOT_GRAPH
+    _GRAPH_IDS[index] = cached
+    return None if cached is _NOT_GRAPH else cached
+
+
 def search(index, xq: np.ndarray, k: int):
-    """``index.search`` with the thread policy of :func:`threads_for`."""
+    """``index.search`` with the thread policy of :func:`threads_for`. A small batch on HNSW inside an
+    id map searches the graph directly and maps rows to ids here: ``IndexIDMap``'s label loop is an
+    OpenMP region (a thread wake-up per query) that a graph search of one query does not otherwise open."""
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if len(xq) < SMALL_BATCH:
+        fast = _graph_and_ids(index)
+        if fast is not None:
+            graph, ids = fast
+            scores, rows = graph.search(xq, k)
+            labels = ids[rows]
+            if rows.min() < 0:  # fewer than k results: keep faiss's -1
+                labels[rows < 0] = -1
+            return scores, labels
     with omp_threads(threads_for(index, len(xq))):
-        return index.search(np.ascontiguousarray(xq, dtype=np.float32), k)
+        return index.search(xq, k)
 
 
 @dataclass

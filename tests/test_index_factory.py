@@ -123,3 +123,22 @@ def test_parse_memory():
     for bad in ("lots", "0", "-1G"):
         with pytest.raises(UserError):
             parse_memory(bad)
+
+
+def test_small_batch_fast_path_on_hnsw_equals_the_id_map_search():
+    """fx.search on IndexIDMap2(HNSW) with < SMALL_BATCH queries goes to the graph and maps rows to ids
+    itself: same scores and ids as faiss's own IndexIDMap2.search, -1 kept, and new ids seen after an add."""
+    x, xq = _data(n=500)
+    ids = np.random.default_rng(1).integers(0, 2**62, len(x)).astype(np.int64)
+    index = fx.make_index("HNSW32", x.shape[1])
+    index.add_with_ids(x, ids)
+    fx.set_search_params(index, {"efSearch": 32})
+    for q in (xq[:1], xq[:3], xq[:50]):  # 50: the batch path
+        got, want = fx.search(index, q, 10), index.search(q, 10)
+        assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0])
+    tiny = fx.make_index("HNSW32", x.shape[1])
+    tiny.add_with_ids(x[:4], ids[:4])
+    d, i = fx.search(tiny, xq[:1], 8)
+    assert sorted(i[0][:4]) == sorted(ids[:4]) and (i[0][4:] == -1).all()
+    tiny.add_with_ids(x[4:6], np.array([7, 8], dtype=np.int64))  # the id table follows the graph's growth
+    assert set(fx.search(tiny, xq[:1], 8)[1][0][:6]) == set(ids[:4]) | {7, 8}
