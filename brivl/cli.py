@@ -163,18 +163,6 @@ def cmd_eval(a) -> None:
     from .model import create_model
 
     model = create_model(a.model)
-    if a.write:  # re-evaluate a model folder on both views and rewrite its eval.json (e.g. after a data rebuild)
-        from .data.shards import atomic_write_json
-
-        if not (Path(a.model) / "brivl.json").is_file():
-            raise CLIError(f"--write needs a model folder (with brivl.json), got {a.model!r}")
-        langs = a.langs or model.info.get("languages")
-        results = {v: run_eval(model, a.data, v, langs, name=a.model) for v in ("closed", "test")}
-        atomic_write_json(Path(a.model) / "eval.json", results)
-        for v, res in results.items():
-            print(format_table(res, f"{a.model} on {a.data} [{v}] ({res['n_images']} images)"))
-        print(f"wrote {Path(a.model) / 'eval.json'}")
-        return
     res = run_eval(model, a.data, a.view, a.langs, name=a.model)
     if a.json:
         print(json.dumps(res, ensure_ascii=False))
@@ -258,8 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--view", default="closed", help="closed (every emoji) | test (held-out) | a split name")
     v.add_argument("--langs", nargs="+", default=None, help=f"default: {' '.join(M9)}")
     v.add_argument("--json", action="store_true", help="print one JSON object")
-    v.add_argument("--write", action="store_true", help="evaluate the closed and test views and rewrite the model "
-                   "folder's eval.json")
     v.set_defaults(func=cmd_eval)
 
     pl_ = sub.add_parser("plot", help="loss curve PNG from a Lightning metrics.csv")

@@ -36,10 +36,10 @@ def run_demo(model_dir: str, data: str, queries: list[str] | None = None, k: int
         print(format_table(res, f"\n{model_dir} text->image / image->text retrieval, view={view} "
                                 f"({res['n_images']} emoji)"))
     index_dir = index_dir or str(Path(data).parent / "index" / Path(model_dir).name)
-    search_index(model_dir, data, queries, k, index_dir, grid)
+    search_index(model, model_dir, data, queries, k, index_dir, grid)
 
 
-def search_index(model_dir: str, data: str, queries: list[str] | None, k: int, index_dir: str, grid: str) -> None:
+def search_index(model, model_dir: str, data: str, queries: list[str] | None, k: int, index_dir: str, grid: str) -> None:
     """Build the FAISS index of every emoji (reused when current), then answer the example queries from it."""
     import time
 
@@ -47,7 +47,7 @@ def search_index(model_dir: str, data: str, queries: list[str] | None, k: int, i
     from index.build import ensure_index
     from index.grid import save_grid
 
-    info, built = ensure_index(model_dir, data, index_dir, progress=False)
+    info, built = ensure_index(model_dir, data, index_dir, progress=False, loaded=model)
     print(f"\nindex {index_dir}: {info['count']} emoji, {info['factory']} "
           f"({'built' if built else 'reused'}; text encoder: {'ONNX' if info.get('text_encoder') else 'torch'})")
     qs = [("", q) for q in queries] if queries else EXAMPLE_QUERIES

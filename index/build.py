@@ -309,17 +309,19 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
     return result
 
 
-def ensure_index(model: str, data: str, out: str, view: str = "closed", progress: bool = True) -> tuple[dict, bool]:
+def ensure_index(model: str, data: str, out: str, view: str = "closed", progress: bool = True,
+                 loaded=None) -> tuple[dict, bool]:
     """The index of ``model`` over ``data`` at ``out``: reused when its ``index.json`` records the same
     model weights (dimension and probe embedding, :func:`index.common.same_model`), data folder and view,
-    else embedded (into ``out``'s sibling ``<name>-emb``) and built. Returns (``index.json``, built)."""
+    else embedded (into ``out``'s sibling ``<name>-emb``) and built. ``loaded``: the model at ``model``, when
+    the caller has it in memory already. Returns (``index.json``, built)."""
     import shutil
 
     from .common import same_model
     from .embed import describe_model, load_model, run_embed
 
     out_dir = Path(out)
-    loaded = load_model(model)
+    loaded = (loaded if loaded is not None else load_model(model)).eval()
     want = describe_model(loaded, model)
     info_path = out_dir / INFO_NAME
     if info_path.is_file():
