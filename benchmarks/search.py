@@ -15,6 +15,8 @@ Per N, in one process (so the rows are comparable), with ``faiss.omp_set_num_thr
                 (``benchmarks/setup_autofaiss.sh``: it needs numpy<2), as delivered (its efSearch/nprobe)
   ... @=recall  ours and autofaiss re-tuned on the dataset's queries with the same fine efSearch/nprobe
                 grid: the smallest value reaching --target-recall. This is the like-for-like speed comparison.
+                Rows marked * are timed side by side (``head_to_head``: alternating rounds over the same
+                queries), so that the ratio does not pick up the machine's drift between the two builds.
 
 Columns: build time (wall; autofaiss: its subprocess, data loading included), index file size, RSS growth of
 this process while building (ours; autofaiss builds in another process, so its peak RSS is reported from
@@ -179,8 +181,7 @@ def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_constructio
     params, _ = retune(index, xq, gt, k, target)
     rows.append(measure(f"ours {factory} @=recall", index, xq, gt, k, n_single, True, build_s=build_s, bytes=size,
                         rss=grown, factory=factory, params=_fmt(params)))
-    del index
-    return rows
+    return rows, index
 
 
 def run_autofaiss(xb, xq, gt, k, budget, target, n_single, work: Path, threads: int, venv: Path):
@@ -190,7 +191,7 @@ def run_autofaiss(xb, xq, gt, k, budget, target, n_single, work: Path, threads: 
                            capture_output=True, text=True)
     if setup.returncode != 0:
         say(f"  autofaiss: set-up failed, skipped ({setup.stderr.strip().splitlines()[-1:]})")
-        return []
+        return [], None
     say(f"  autofaiss: {setup.stdout.strip()}")
     emb = work / f"af-emb-{len(xb)}"
     emb.mkdir(exist_ok=True)
@@ -203,7 +204,7 @@ def run_autofaiss(xb, xq, gt, k, budget, target, n_single, work: Path, threads: 
     (emb / "emb.npy").unlink()
     if r.returncode != 0:
         say(f"  autofaiss: build failed, skipped: {r.stderr.strip()[-500:]}")
-        return []
+        return [], None
     child = json.loads(r.stdout.strip().splitlines()[-1])
     infos = json.loads(infos_path.read_text())
     index = faiss.read_index(str(index_path))
@@ -216,7 +217,35 @@ def run_autofaiss(xb, xq, gt, k, budget, target, n_single, work: Path, threads: 
     params, _ = retune(index, xq, gt, k, target)
     rows.append(measure(f"autofaiss {key} @=recall", index, xq, gt, k, n_single, build_s=wall, bytes=size,
                         rss=child["peak_rss"], factory=key, params=_fmt(params)))
-    return rows
+    return rows, index
+
+
+def head_to_head(ours, af, ours_row: dict, af_row: dict, xq, k, n_single, rounds: int = 6) -> None:
+    """Re-time the two @=recall rows side by side: ``rounds`` rounds, each timing the same ``n_single``
+    queries on both indexes, the order swapped every round, so drift of the machine (the other core's
+    load, clock, caches) falls on both alike. p50/p99 over all rounds and the median batch QPS replace the
+    rows' sequential measurements (which are kept as ``*_sequential``)."""
+    from index import factory as fx
+
+    sides = {"ours": (ours_row, lambda q, kk: fx.search(ours, q, kk), ours),
+             "autofaiss": (af_row, af.search, af)}
+    times = {name: [] for name in sides}
+    qps = {name: [] for name in sides}
+    for rnd in range(rounds):
+        for name in (list(sides) if rnd % 2 == 0 else list(sides)[::-1]):
+            row, search, index = sides[name]
+            for q in xq[:n_single]:
+                t = time.perf_counter()
+                search(q[None], k)
+                times[name].append((time.perf_counter() - t) * 1e3)
+            qps[name].append(batch_qps(index, xq, k))
+    for name, (row, _, _) in sides.items():
+        ts = sorted(times[name])
+        row.update(p50_ms_sequential=row["p50_ms"], p99_ms_sequential=row["p99_ms"], qps_sequential=row["qps"],
+                   p50_ms=statistics.median(ts), p99_ms=ts[min(len(ts) - 1, int(round(0.99 * (len(ts) - 1))))],
+                   qps=statistics.median(qps[name]), name=row["name"] + " *")
+        say(f"  {row['name']} side by side ({rounds} rounds x {n_single} queries): p50 {row['p50_ms']:.3f} ms, "
+            f"p99 {row['p99_ms']:.3f} ms, {row['qps']:.0f} QPS")
 
 
 def _fmt(params: dict) -> str:
@@ -314,10 +343,17 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(dir=out) as tmp:
             work = Path(tmp)
             flat, gt = run_flat(xb, xq, k, max(20, a.single // 3))
-            rows = flat + run_ours(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work, a.ef_construction)
+            ours_rows, ours = run_ours(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work,
+                                       a.ef_construction)
+            rows = flat + ours_rows
             if not a.no_autofaiss:
-                rows += run_autofaiss(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work, a.threads,
-                                      Path(a.autofaiss_venv))
+                af_rows, af = run_autofaiss(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work, a.threads,
+                                            Path(a.autofaiss_venv))
+                rows += af_rows
+                if af is not None:
+                    head_to_head(ours, af, ours_rows[-1], af_rows[-1], xq, k, a.single)
+                del af
+            del ours
         del xb
         results["sizes"][n] = rows
         report.append(table(rows, n))

@@ -286,17 +286,23 @@ _NOT_GRAPH = ()
 
 
 def _graph_and_ids(index):
-    """(the HNSW graph, the int64 id of each of its rows) when ``index`` is an ``IndexIDMap`` around HNSW,
-    else None. Cached per index object; the table is re-read when the graph has grown (HNSW only grows:
+    """(the HNSW graph, the int64 id of each of its rows followed by -1) when ``index`` is an ``IndexIDMap``
+    around HNSW, else None. The trailing -1 makes ``ids[rows]`` map faiss's "no result" row -1 to id -1
+    with no test. Cached per index object; the table is re-read when the graph has grown (HNSW only grows:
     removals are tombstones)."""
     import faiss
 
     cached = _GRAPH_IDS.get(index)
-    if cached is not None and (cached is _NOT_GRAPH or len(cached[1]) == cached[0].ntotal):
-        return None if cached is _NOT_GRAPH else cached
+    if cached is _NOT_GRAPH:
+        return None
+    if cached is not None and len(cached[1]) == cached[0].ntotal + 1:
+        return cached
     id_map = getattr(index, "id_map", None)
     inner = faiss.downcast_index(index.index) if id_map is not None else None
-    cached = (inner, faiss.vector_to_array(id_map)) if isinstance(inner, faiss.IndexHNSW) else _NOT_GRAPH
+    if isinstance(inner, faiss.IndexHNSW):
+        cached = (inner, np.append(faiss.vector_to_array(id_map).astype(np.int64, copy=False), np.int64(-1)))
+    else:
+        cached = _NOT_GRAPH
     _GRAPH_IDS[index] = cached
     return None if cached is _NOT_GRAPH else cached
 
@@ -304,17 +310,15 @@ def _graph_and_ids(index):
 def search(index, xq: np.ndarray, k: int):
     """``index.search`` with the thread policy of :func:`threads_for`. A small batch on HNSW inside an
     id map searches the graph directly and maps rows to ids here: ``IndexIDMap``'s label loop is an
-    OpenMP region (a thread wake-up per query) that a graph search of one query does not otherwise open."""
+    OpenMP region (a thread wake-up per query) that a graph search of one query does not otherwise open.
+    This path is a few microseconds of Python on top of the graph search (``benchmarks/search.py``
+    measures both): it is what every CLI query pays."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     if len(xq) < SMALL_BATCH:
         fast = _graph_and_ids(index)
         if fast is not None:
-            graph, ids = fast
-            scores, rows = graph.search(xq, k)
-            labels = ids[rows]
-            if rows.min() < 0:  # fewer than k results: keep faiss's -1
-                labels[rows < 0] = -1
-            return scores, labels
+            scores, rows = fast[0].search(xq, k)
+            return scores, fast[1][rows]  # row -1 (fewer than k results) -> the trailing -1
     with omp_threads(threads_for(index, len(xq))):
         return index.search(xq, k)
 
