@@ -34,6 +34,7 @@ class TeacherLearningSystem(pl.LightningModule):
         warmup_steps: int = 100,
         fused_optimizer: bool = True,
         eval_langs: list[str] = list(M9),
+        teacher_cache_size: int = 200_000,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -41,6 +42,7 @@ class TeacherLearningSystem(pl.LightningModule):
         self.model = build_student(self.teacher, student, tokenizer, teacher_name=teacher).train()
         self.model.lock_image_tower()  # the image side is the teacher's, untouched
         self.criterion = TeacherLearningLoss(loss, temperature)
+        self._teacher_cache: dict[str, torch.Tensor] = {}  # English text -> teacher feature (D,)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -54,8 +56,7 @@ class TeacherLearningSystem(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         texts, english = batch["texts"], batch["english"]  # B texts in language L, B English counterparts
-        with torch.no_grad():
-            target = self.teacher.encode_text(self.teacher.tokenize(english).to(self.device), normalize=False)  # (B, D)
+        target = self.teacher_targets(english)  # (B, D)
         pred = self.model.encode_text(self.model.tokenize(texts).to(self.device), normalize=False)  # (B, D)
         groups = None
         if self.criterion.kind == "contrastive":
@@ -64,6 +65,22 @@ class TeacherLearningSystem(pl.LightningModule):
         loss = self.criterion(pred, target, groups)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(texts))
         return loss
+
+    @torch.no_grad()
+    def teacher_targets(self, english: list[str]) -> torch.Tensor:
+        """The teacher's features (B, D) of the English side. The teacher is frozen and runs in eval mode,
+        so a text's feature never changes: each distinct text is embedded once and kept, up to
+        ``teacher_cache_size`` texts (CLDR has a few thousand distinct English sides, so after the first
+        steps the teacher costs nothing; 0 turns the cache off)."""
+        cache = self._teacher_cache
+        missing = list(dict.fromkeys(t for t in english if t not in cache))
+        fresh = {}
+        if missing:
+            feats = self.teacher.encode_text(self.teacher.tokenize(missing).to(self.device), normalize=False)
+            fresh = dict(zip(missing, feats))  # (D,) each
+            if len(cache) + len(missing) <= self.hparams.teacher_cache_size:
+                cache.update(fresh)
+        return torch.stack([cache[t] if t in cache else fresh[t] for t in english]).to(self.device)
 
     def validation_step(self, batch, batch_idx):
         log_retrieval(self, self.model, batch, "val", self.hparams.eval_langs)

@@ -152,6 +152,29 @@ def test_parallel_corpora_skip_and_count_bad_rows(emoji_small, tmp_path):
         read_parallel_corpus(str(tmp_path / "none.tsv"))
 
 
+def test_teacher_targets_cache_equals_the_teacher(teacher, tok_dir, monkeypatch, tmp_path):
+    """The teacher-feature cache gives exactly the frozen teacher's features, embeds each distinct English
+    text once, and stops growing at teacher_cache_size (beyond it, features are computed per batch)."""
+    import altclip.model as am
+    from altclip.system import TeacherLearningSystem
+
+    monkeypatch.setattr(am, "CONFIG_DIR", _tiny_student_cfg(tmp_path).parent)
+    teacher.save_pretrained(tmp_path / "teacher")
+    english = ["cat face", "dog", "cat face", "sun", "red heart", "dog"]
+    want = teacher.encode_text(teacher.tokenize(english), normalize=False)
+    calls = []
+    for size, cached in ((100, 4), (3, 0)):
+        system = TeacherLearningSystem(str(tmp_path / "teacher"), "xlmr-test", str(tok_dir), teacher_cache_size=size)
+        encode = system.teacher.encode_text
+        monkeypatch.setattr(system.teacher, "encode_text", lambda ids, **kw: calls.append(len(ids)) or encode(ids, **kw))
+        calls.clear()
+        for _ in range(2):
+            got = system.teacher_targets(english)
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
+        assert len(system._teacher_cache) == cached
+        assert calls == ([4] if cached else [4, 4])  # distinct texts only; with the cache, once
+
+
 def _lightning(tmp_path, name, config, extra):
     from altclip.cli import main
 
