@@ -3,14 +3,15 @@
 #
 #   bash scripts/train_shipped.sh STAGE...      # stages run in the order given:
 #     brivl        configs/brivl-emoji.yaml (2400 steps)          -> runs/export/brivl-emoji-2400
-#                  + configs/brivl-emoji-continue.yaml (1500)      -> models/brivl-emoji
+#                  + configs/brivl-emoji-continue.yaml (1500)      -> runs/export/brivl-emoji-3900
+#                  + configs/brivl-emoji-continue2.yaml (1200)     -> models/brivl-emoji
 #     teacher      configs/altclip-teacher-en.yaml (English only)  -> models/clip-emoji-en
 #     distill      AltCLIP stage 1 (teacher learning, no images)   -> models/altclip-emoji-distill
 #     contrastive  AltCLIP stage 2 (image tower locked)            -> models/altclip-emoji
 #     scratch      the from-scratch baseline, stage 2's budget     -> models/altclip-scratch
 #     m18          stage 1 on 18 languages                         -> runs/export/altclip-emoji-distill-m18
 #
-# On a 2-core CPU each image-text run takes about 2-4 s a step (brivl: about 3 h in all); a GPU is
+# On a 2-core CPU each image-text run takes about 2-4 s a step (brivl: about 4-5 h in all); a GPU is
 # picked up by accelerator: auto. Environment:
 #   PY=python (the interpreter)  WORKERS=1 (data workers)  EVAL=1 (write eval.json at export; 0 = skip)
 #   EXTRA="..." (more LightningCLI arguments for every fit)
@@ -38,13 +39,15 @@ fit_export() {
     "${eval_args[@]}" $export_args
 }
 
-[ $# -gt 0 ] || { sed -n 2,16p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,17p "$0"; exit 2; }
 for stage in "$@"; do
   case $stage in
     brivl) EVAL=0 fit_export brivl brivl brivl-emoji runs/export/brivl-emoji-2400 "" --config configs/brivl-emoji.yaml \
         --data.num_workers "$WORKERS"
-      fit_export brivl brivl brivl-emoji-continue models/brivl-emoji "" --config configs/brivl-emoji.yaml \
-        --config configs/brivl-emoji-continue.yaml --data.num_workers "$WORKERS" ;;
+      EVAL=0 fit_export brivl brivl brivl-emoji-continue runs/export/brivl-emoji-3900 "" \
+        --config configs/brivl-emoji.yaml --config configs/brivl-emoji-continue.yaml --data.num_workers "$WORKERS"
+      fit_export brivl brivl brivl-emoji-continue2 models/brivl-emoji "" --config configs/brivl-emoji.yaml \
+        --config configs/brivl-emoji-continue2.yaml --data.num_workers "$WORKERS" ;;
     teacher) fit_export brivl brivl altclip-teacher-en models/clip-emoji-en "--langs en" --config configs/brivl-emoji.yaml \
         --config configs/altclip-teacher-en.yaml --data.num_workers "$WORKERS" ;;
     distill) fit_export altclip altclip altclip-distill models/altclip-emoji-distill "" --config configs/altclip-distill.yaml ;;

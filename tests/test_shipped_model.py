@@ -42,9 +42,7 @@ def test_shipped_model_per_language_floor():
     assert len(r1) == 9 and min(r1.values()) >= 0.80, r1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 2 target (mean closed-world t2i R@1 >= 0.90) not reached yet: the "
-                   "shipped CPU run (2400 + 1500 steps) gives 0.897; strict, so reaching it flips this test")
-def test_shipped_model_mean_target():
+def test_shipped_model_mean_target():  # issue 2: mean closed-world t2i R@1 >= 0.90 over the nine languages
     r1 = _closed_r1()
     assert sum(r1.values()) / 9 >= 0.90, r1
 
