@@ -18,6 +18,9 @@ Per N, in one process (so the rows are comparable), with ``faiss.omp_set_num_thr
                 Rows marked * are timed side by side (``head_to_head``: alternating rounds over the same
                 queries), so that the ratio does not pick up the machine's drift between the two builds.
 
+Both sides are timed on the index as read back from its file, the way ``python -m index search`` (ours)
+or a user of autofaiss's output loads it.
+
 Columns: build time (wall; autofaiss: its subprocess, data loading included), index file size, RSS growth of
 this process while building (ours; autofaiss builds in another process, so its peak RSS is reported from
 that process), single-query latency p50/p99 (one query per ``search`` call, --single queries), batch QPS
@@ -163,11 +166,11 @@ def run_flat(xb, xq, k, n_single):
 
 
 def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_construction: int):
+    from index import factory as fx
     from index.build import build_index
-    from index.common import parse_memory
-    from index.factory import choose_factory
+    from index.common import parse_memory, read_faiss
 
-    factory = choose_factory(len(xb), xb.shape[1], parse_memory(budget))
+    factory = fx.choose_factory(len(xb), xb.shape[1], parse_memory(budget))
     say(f"  ours: factory {factory} for budget {budget}")
     before = rss()
     t = time.perf_counter()
@@ -175,7 +178,12 @@ def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_constructio
                                 progress=False)
     build_s = time.perf_counter() - t
     grown = rss() - before
-    size = file_size(index, work / f"ours-{len(xb)}.index")
+    path = work / f"ours-{len(xb)}.index"
+    size = file_size(index, path)
+    # timed as `python -m index search` serves it: read back from its file (as autofaiss's index is)
+    del index
+    index = read_faiss(path)
+    fx.set_search_params(index, report["params"])
     rows = [measure(f"ours {factory} (as built)", index, xq, gt, k, n_single, True, build_s=build_s, bytes=size, rss=grown,
                     factory=factory, params=_fmt(report["params"]), self_tuned_recall=report["recall"])]
     params, _ = retune(index, xq, gt, k, target)
