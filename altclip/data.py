@@ -123,6 +123,7 @@ class ParallelTextDataModule(pl.LightningDataModule):
         pivot: str = "en",
         keywords: bool = True,
         batch_size: int = 256,
+        group_by_length: bool = False,
         num_workers: int = 0,
         val_view: str = "closed",
         test_view: str = "test",
@@ -148,10 +149,22 @@ class ParallelTextDataModule(pl.LightningDataModule):
               + (f"; skipped {dict(self.corpus.skipped)}" if sum(self.corpus.skipped.values()) else ""))
 
     def train_dataloader(self):
-        g = torch.Generator().manual_seed(self.hparams.seed)
-        return torch.utils.data.DataLoader(_Pairs(self.corpus.pairs), batch_size=self.hparams.batch_size,
-                                           shuffle=True, drop_last=True, generator=g, collate_fn=_collate,
-                                           num_workers=self.hparams.num_workers)
+        """Shuffled batches; with ``group_by_length``, transformers' ``LengthGroupedSampler`` (random
+        mega-batches of 50 batches, sorted by length inside) so a batch holds texts of similar length and
+        the student's padding is trimmed away (UTF-8 bytes stand in for tokens: CLDR names are a few
+        tokens, keyword lists fill the context)."""
+        hp = self.hparams
+        g = torch.Generator().manual_seed(hp.seed)
+        data = _Pairs(self.corpus.pairs)
+        if hp.group_by_length:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            lengths = [len(text.encode("utf-8")) for text, _, _ in self.corpus.pairs]
+            sampler = LengthGroupedSampler(hp.batch_size, lengths=lengths, generator=g)
+            return torch.utils.data.DataLoader(data, batch_size=hp.batch_size, sampler=sampler, drop_last=True,
+                                               collate_fn=_collate, num_workers=hp.num_workers)
+        return torch.utils.data.DataLoader(data, batch_size=hp.batch_size, shuffle=True, drop_last=True,
+                                           generator=g, collate_fn=_collate, num_workers=hp.num_workers)
 
     def val_dataloader(self):
         return view_loader(self.hparams.data_dir, self.hparams.val_view, self.image_size, self.mean, self.std)

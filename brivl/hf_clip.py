@@ -35,6 +35,16 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
+def trim_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Drop the trailing columns that are padding in every row (B, L) -> (B, L').
+
+    Exact for right-padded input under an attention mask: masked keys get no weight, RoBERTa's positions
+    count only non-pad tokens, and the pooled [CLS] state sits at column 0. Short texts (CLDR names are a
+    few tokens) then cost a fraction of the full context."""
+    used = (ids != pad_id).any(0).nonzero()
+    return ids[:, : int(used[-1]) + 1] if len(used) else ids[:, :1]
+
+
 class HFDualTower(DualTower):
     """A transformers CLIP-family model + tokenizer + image preprocessing (size, mean, std)."""
 
@@ -57,7 +67,8 @@ class HFDualTower(DualTower):
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        mask = (ids != self.pad_id).long()  # (B, L)
+        ids = trim_padding(ids, self.pad_id)  # (B, L') with L' = the longest text of the batch
+        mask = (ids != self.pad_id).long()  # (B, L')
         x = _features(self.clip.get_text_features(input_ids=ids, attention_mask=mask))  # (B, D)
         return F.normalize(x, dim=-1) if normalize else x
 

@@ -1,6 +1,7 @@
 """AltCLIP: open_clip -> HF vision conversion, AltCLIPModel interop, teacher learning, stage 2, bad input."""
 import csv
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -130,6 +131,41 @@ def test_teacher_learning_losses():
     assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.arange(6)).item(), rel=1e-5)
     with pytest.raises(ValueError, match="one of mse, cosine, contrastive"):
         TeacherLearningLoss("kl")
+
+
+def test_trimmed_padding_gives_the_full_context_features(teacher, tok_dir, monkeypatch, tmp_path):
+    """encode_text drops all-pad trailing columns; the features equal the model run on the full context."""
+    import altclip.model as am
+    from brivl.hf_clip import trim_padding
+
+    monkeypatch.setattr(am, "CONFIG_DIR", _tiny_student_cfg(tmp_path).parent)
+    student = build_student(teacher, "xlmr-test", str(tok_dir)).eval()
+    ids = student.tokenize(["猫", "dog", "red heart"])  # (3, 16), mostly padding
+    short = trim_padding(ids, student.pad_id)
+    assert short.shape[1] < ids.shape[1] and torch.equal(short, ids[:, : short.shape[1]])
+    assert (ids[:, short.shape[1]:] == student.pad_id).all()
+    with torch.no_grad():
+        full = student.clip.get_text_features(input_ids=ids, attention_mask=(ids != student.pad_id).long())
+        full = getattr(full, "pooler_output", full)
+        assert (student.encode_text(ids, normalize=False) - full).abs().max() < 1e-5
+    assert trim_padding(torch.full((2, 5), student.pad_id), student.pad_id).shape == (2, 1)
+
+
+def test_length_grouped_batches_cover_the_corpus(emoji_small):
+    """group_by_length: every pair still comes exactly once an epoch, in batches of similar length."""
+    from altclip.data import ParallelTextDataModule
+
+    kw = dict(data_dir=str(emoji_small), view="train", langs=list(M9), batch_size=8)
+    grouped, plain = ParallelTextDataModule(group_by_length=True, **kw), ParallelTextDataModule(**kw)
+    spreads = {}
+    for name, dm in (("grouped", grouped), ("plain", plain)):
+        dm.setup()
+        batches = list(dm.train_dataloader())
+        seen = Counter((t, e, l) for b in batches for t, e, l in zip(b["texts"], b["english"], b["langs"]))
+        assert sum(seen.values()) == len(dm.corpus.pairs) // 8 * 8  # drop_last only
+        assert seen <= Counter(dm.corpus.pairs)  # no pair twice
+        spreads[name] = sum(max(map(len, b["texts"])) - min(map(len, b["texts"])) for b in batches)
+    assert spreads["grouped"] < spreads["plain"]
 
 
 def test_parallel_corpora_skip_and_count_bad_rows(emoji_small, tmp_path):
