@@ -40,7 +40,10 @@ def trim_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
 
     Exact for right-padded input under an attention mask: masked keys get no weight, RoBERTa's positions
     count only non-pad tokens, and the pooled [CLS] state sits at column 0. Short texts (CLDR names are a
-    few tokens) then cost a fraction of the full context."""
+    few tokens) then cost a fraction of the full context. Not while tracing (ONNX export): the length
+    would be frozen into the graph."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return ids
     used = (ids != pad_id).any(0).nonzero()
     return ids[:, : int(used[-1]) + 1] if len(used) else ids[:, :1]
 
