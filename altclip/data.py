@@ -155,16 +155,14 @@ class ParallelTextDataModule(pl.LightningDataModule):
         tokens, keyword lists fill the context)."""
         hp = self.hparams
         g = torch.Generator().manual_seed(hp.seed)
-        data = _Pairs(self.corpus.pairs)
+        order = {"shuffle": True, "generator": g}
         if hp.group_by_length:
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             lengths = [len(text.encode("utf-8")) for text, _, _ in self.corpus.pairs]
-            sampler = LengthGroupedSampler(hp.batch_size, lengths=lengths, generator=g)
-            return torch.utils.data.DataLoader(data, batch_size=hp.batch_size, sampler=sampler, drop_last=True,
-                                               collate_fn=_collate, num_workers=hp.num_workers)
-        return torch.utils.data.DataLoader(data, batch_size=hp.batch_size, shuffle=True, drop_last=True,
-                                           generator=g, collate_fn=_collate, num_workers=hp.num_workers)
+            order = {"sampler": LengthGroupedSampler(hp.batch_size, lengths=lengths, generator=g)}
+        return torch.utils.data.DataLoader(_Pairs(self.corpus.pairs), batch_size=hp.batch_size, drop_last=True,
+                                           collate_fn=_collate, num_workers=hp.num_workers, **order)
 
     def val_dataloader(self):
         return view_loader(self.hparams.data_dir, self.hparams.val_view, self.image_size, self.mean, self.std)

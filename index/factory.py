@@ -183,18 +183,19 @@ def train(index, x: np.ndarray, ef_construction: int | None = None) -> float:
     return time.perf_counter() - t
 
 
+ADD_ROWS = 65_536
 HNSW_ADD_BYTES = 1 << 30
 
 
 def add(index, x: np.ndarray, ids: np.ndarray, batch: int | None = None, progress=None) -> None:
-    """Add vectors with explicit int64 ids, in batches (default 65,536 rows; on HNSW, 1 GiB of vectors).
+    """Add vectors with explicit int64 ids, in batches (default ADD_ROWS rows; on HNSW, 1 GiB of vectors).
 
     HNSW gets large batches because faiss inserts the points of one ``add`` call level by level, top
     level first, across the whole call: a graph added in a few large calls has a better hierarchy than
-    one added in many small ones (at N = 1M, 16 calls of 65k searched ~6% slower at the same efSearch
-    and recall than autofaiss's 3 calls of 488k)."""
+    one added in many small ones (at N = 1M, 2 calls instead of 16 raised recall@10 at efSearch 14 from
+    0.955 to 0.959; autofaiss adds in 3 calls)."""
     if batch is None:
-        batch = max(65_536, HNSW_ADD_BYTES // (4 * x.shape[1])) if hnsw_of(index) is not None else 65_536
+        batch = ADD_ROWS if hnsw_of(index) is None else max(ADD_ROWS, HNSW_ADD_BYTES // (4 * x.shape[1]))
     for i in range(0, len(x), batch):
         index.add_with_ids(np.ascontiguousarray(x[i:i + batch], dtype=np.float32),
                            np.ascontiguousarray(ids[i:i + batch], dtype=np.int64))

@@ -136,7 +136,7 @@ def test_teacher_learning_losses():
 def test_trimmed_padding_gives_the_full_context_features(teacher, tok_dir, monkeypatch, tmp_path):
     """encode_text drops all-pad trailing columns; the features equal the model run on the full context."""
     import altclip.model as am
-    from brivl.hf_clip import trim_padding
+    from brivl.hf_clip import _features, trim_padding
 
     monkeypatch.setattr(am, "CONFIG_DIR", _tiny_student_cfg(tmp_path).parent)
     student = build_student(teacher, "xlmr-test", str(tok_dir)).eval()
@@ -145,14 +145,13 @@ def test_trimmed_padding_gives_the_full_context_features(teacher, tok_dir, monke
     assert short.shape[1] < ids.shape[1] and torch.equal(short, ids[:, : short.shape[1]])
     assert (ids[:, short.shape[1]:] == student.pad_id).all()
     with torch.no_grad():
-        full = student.clip.get_text_features(input_ids=ids, attention_mask=(ids != student.pad_id).long())
-        full = getattr(full, "pooler_output", full)
+        full = _features(student.clip.get_text_features(input_ids=ids, attention_mask=(ids != student.pad_id).long()))
         assert (student.encode_text(ids, normalize=False) - full).abs().max() < 1e-5
     assert trim_padding(torch.full((2, 5), student.pad_id), student.pad_id).shape == (2, 1)
 
 
 def test_length_grouped_batches_cover_the_corpus(emoji_small):
-    """group_by_length: every pair still comes exactly once an epoch, in batches of similar length."""
+    """group_by_length: every pair comes once an epoch (drop_last aside), in batches of similar length."""
     from altclip.data import ParallelTextDataModule
 
     kw = dict(data_dir=str(emoji_small), view="train", langs=list(M9), batch_size=8)
