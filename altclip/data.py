@@ -23,6 +23,7 @@ from brivl.data.datamodule import load_view, view_loader
 class ParallelCorpus:
     pairs: list[tuple[str, str, str]]  # (text, english, lang)
     skipped: Counter = field(default_factory=Counter)
+    keys: list[str] | None = None  # the concept (emoji) of each pair, where the corpus knows it
 
     @property
     def languages(self) -> list[str]:
@@ -34,7 +35,9 @@ class ParallelCorpus:
         missing = [lang for lang in langs if lang not in self.languages]
         if missing:
             raise ValueError(f"no parallel text for {', '.join(missing)}; this corpus has: {' '.join(self.languages)}")
-        return ParallelCorpus([p for p in self.pairs if p[2] in langs], self.skipped)
+        keep = [i for i, p in enumerate(self.pairs) if p[2] in langs]
+        return ParallelCorpus([self.pairs[i] for i in keep], self.skipped,
+                              None if self.keys is None else [self.keys[i] for i in keep])
 
 
 def _clean(text) -> str:
@@ -44,7 +47,7 @@ def _clean(text) -> str:
 def cldr_pairs(data_dir: str, view: str = "train+val", pivot: str = "en", keywords: bool = True) -> ParallelCorpus:
     """Name <-> English name (and keyword list <-> English keyword list) for every emoji of ``view``."""
     samples, stats = load_view(data_dir, view)
-    pairs, skipped = [], Counter()
+    pairs, keys, skipped = [], [], Counter()
     skipped.update(stats.skipped)
     for s in samples:
         meta = s["meta"]
@@ -55,9 +58,11 @@ def cldr_pairs(data_dir: str, view: str = "train+val", pivot: str = "en", keywor
         for lang, names in caps.items():
             for name in names:
                 pairs.append((_clean(name), _clean(caps[pivot][0]), lang))
+                keys.append(s["key"])
             if keywords and kws.get(lang) and kws.get(pivot):
                 pairs.append((_clean(" ".join(kws[lang])), _clean(" ".join(kws[pivot])), lang))
-    return ParallelCorpus(pairs, skipped)
+                keys.append(s["key"])
+    return ParallelCorpus(pairs, skipped, keys)
 
 
 def read_parallel_corpus(path: str, default_lang: str = "xx") -> ParallelCorpus:
@@ -97,18 +102,19 @@ def read_parallel_corpus(path: str, default_lang: str = "xx") -> ParallelCorpus:
 
 
 class _Pairs(torch.utils.data.Dataset):
-    def __init__(self, pairs):
-        self.pairs = pairs
+    def __init__(self, corpus: ParallelCorpus):
+        self.pairs, self.keys = corpus.pairs, corpus.keys
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i):
-        return self.pairs[i]
+        return (*self.pairs[i], None if self.keys is None else self.keys[i])
 
 
 def _collate(rows):
-    return {"texts": [r[0] for r in rows], "english": [r[1] for r in rows], "langs": [r[2] for r in rows]}
+    return {"texts": [r[0] for r in rows], "english": [r[1] for r in rows], "langs": [r[2] for r in rows],
+            "keys": [r[3] for r in rows]}
 
 
 class ParallelTextDataModule(pl.LightningDataModule):
@@ -161,7 +167,7 @@ class ParallelTextDataModule(pl.LightningDataModule):
 
             lengths = [len(text.encode("utf-8")) for text, _, _ in self.corpus.pairs]
             order = {"sampler": LengthGroupedSampler(hp.batch_size, lengths=lengths, generator=g)}
-        return torch.utils.data.DataLoader(_Pairs(self.corpus.pairs), batch_size=hp.batch_size, drop_last=True,
+        return torch.utils.data.DataLoader(_Pairs(self.corpus), batch_size=hp.batch_size, drop_last=True,
                                            collate_fn=_collate, num_workers=hp.num_workers, **order)
 
     def val_dataloader(self):

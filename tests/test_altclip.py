@@ -133,6 +133,25 @@ def test_teacher_learning_losses():
         TeacherLearningLoss("kl")
 
 
+def test_bank_contrastive_loss_equals_a_per_row_softmax():
+    """Against a memory bank (T, D): each row's -log softmax over all T columns but those marked as no
+    negative (its own label always counts), computed row by row."""
+    torch.manual_seed(0)
+    s, bank = torch.randn(4, 8), torch.randn(7, 8)
+    labels = torch.tensor([2, 0, 6, 2])
+    not_negative = torch.zeros(4, 7, dtype=torch.bool)
+    not_negative[0, [2, 3]] = not_negative[3, [2, 3, 5]] = True  # rows 0, 3: columns 3 (and 5) are their concept's
+    loss = TeacherLearningLoss("contrastive", 0.1)(s, bank[labels], bank=bank, labels=labels, not_negative=not_negative)
+    want = []
+    for i in range(4):
+        sims = [float(F.cosine_similarity(s[i], bank[j], dim=0)) / 0.1 for j in range(7)]
+        keep = [j for j in range(7) if j == labels[i] or not not_negative[i, j]]
+        want.append(-sims[labels[i]] + torch.logsumexp(torch.tensor([sims[j] for j in keep]), 0).item())
+    assert loss.item() == pytest.approx(sum(want) / 4, rel=1e-5)
+    plain = TeacherLearningLoss("contrastive", 0.1)(s, bank[labels], bank=bank, labels=labels)
+    assert plain.item() > loss.item()  # masking columns only removes negatives
+
+
 def test_trimmed_padding_gives_the_full_context_features(teacher, tok_dir, monkeypatch, tmp_path):
     """encode_text drops all-pad trailing columns; the features equal the model run on the full context."""
     import altclip.model as am
@@ -253,6 +272,42 @@ def test_two_stage_recipe_end_to_end(emoji_small, tmp_path, capsys):
     assert brivl_main(["eval", "--model", str(stage2), "--data", str(emoji_small), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res["languages"]) == set(M9)
+
+
+def test_bank_negatives_hold_every_english_target(emoji_small, tmp_path, monkeypatch):
+    """negatives: bank: the teacher's features of every distinct English side, the concept membership of the
+    columns from the CLDR keys, a clear error for a non-contrastive loss, and a stage-1 fit whose loss falls."""
+    from altclip.data import ParallelTextDataModule
+    from altclip.system import TeacherLearningSystem
+
+    tok = str(emoji_small / "tokenizer")
+    teacher_dir = tmp_path / "teacher"
+    torch.manual_seed(0)
+    create_model("brivl-nano", tokenizer=tok).save_pretrained(teacher_dir)
+    with pytest.raises(ValueError, match="negatives: bank is for loss: contrastive"):
+        TeacherLearningSystem(str(teacher_dir), "altclip-xlmr-tiny", tok, loss="mse", negatives="bank")
+    system = TeacherLearningSystem(str(teacher_dir), "altclip-xlmr-tiny", tok, loss="contrastive", negatives="bank")
+    dm = ParallelTextDataModule(data_dir=str(emoji_small), view="train", langs=["en", "zh"])
+    dm.setup()
+    with monkeypatch.context() as m:  # the bank reads the corpus from trainer.datamodule
+        m.setattr(TeacherLearningSystem, "trainer", type("T", (), {"datamodule": dm})(), raising=False)
+        bank, column, (row, member) = system.teacher_bank()
+    english = sorted(column, key=column.get)
+    assert english == list(dict.fromkeys(e for _, e, _ in dm.corpus.pairs)) and bank.shape[0] == len(english)
+    with torch.no_grad():
+        want = system.teacher.encode_text(system.teacher.tokenize(english), normalize=False)
+    assert torch.allclose(bank, want, atol=1e-5)
+    for (_, e, _), k in zip(dm.corpus.pairs, dm.corpus.keys):
+        assert member[row[k], column[e]]
+    assert member.sum() == len({(k, e) for (_, e, _), k in zip(dm.corpus.pairs, dm.corpus.keys)})
+
+    run = _lightning(tmp_path, "bank", "configs/altclip-distill.yaml", [
+        "--model.init_args.teacher", str(teacher_dir), "--model.init_args.tokenizer", tok,
+        "--model.init_args.negatives", "bank", "--model.init_args.warmup_steps", "2", "--model.init_args.lr", "0.003",
+        "--data.init_args.data_dir", str(emoji_small), "--data.init_args.batch_size", "32"])
+    with open(run / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
+    assert len(losses) == 6 and losses[-1] < losses[0]
 
 
 def test_missing_language_is_named(emoji_small, tmp_path, capsys):
