@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--emb", required=True, metavar="EMB_DIR")
     b.add_argument("--out", required=True, metavar="INDEX_DIR")
     b.add_argument("--factory", default=None, help="FAISS factory string (default: chosen from N, d and "
-                                                   "--max-memory: Flat, HNSW32, IVFk,Flat, HNSW32,SQ8, OPQm,IVFk,PQm)")
+                                                   "--max-memory: Flat, HNSW32,SQfp16, IVFk,Flat, HNSW32,SQ8, OPQm,IVFk,PQm)")
     b.add_argument("--max-memory", default="4G", help="memory budget of the index (default 4G)")
     b.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the search parameters are tuned to")
     b.add_argument("--on-disk", action="store_true", help="larger than RAM: IVF blocks per shard merged on disk, "
