@@ -254,6 +254,9 @@ def test_two_stage_recipe_end_to_end(emoji_small, tmp_path, capsys):
     with open(run1 / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
     assert len(losses) == 6 and losses[-1] < losses[0]  # the student moves toward the teacher
+    ckpts = run1 / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 6  # the last step
+    assert len(list(ckpts.glob("best-step=*.ckpt"))) == 1  # the best by val/t2i_R@1, kept beside it
     stage1 = tmp_path / "stage1"
     assert altclip_main(["export", "--ckpt", str(run1 / "checkpoints" / "last.ckpt"), "--out", str(stage1),
                          "--config", str(run1 / "config.yaml")]) == 0
