@@ -72,14 +72,13 @@ class TeacherLearningSystem(pl.LightningModule):
                 row, member = concepts
                 not_negative = member[torch.tensor([row[k] for k in batch["keys"]], device=self.device)]  # (B, T)
             loss = self.criterion(pred, bank[labels], bank=bank, labels=labels, not_negative=not_negative)
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(texts))
-            return loss
-        target = self.teacher_targets(english)  # (B, D)
-        groups = None
-        if self.criterion.kind == "contrastive":
-            ids = {t: i for i, t in enumerate(dict.fromkeys(english))}
-            groups = torch.tensor([ids[t] for t in english], device=self.device)
-        loss = self.criterion(pred, target, groups)
+        else:
+            target = self.teacher_targets(english)  # (B, D)
+            groups = None
+            if self.criterion.kind == "contrastive":
+                ids = {t: i for i, t in enumerate(dict.fromkeys(english))}
+                groups = torch.tensor([ids[t] for t in english], device=self.device)
+            loss = self.criterion(pred, target, groups)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(texts))
         return loss
 

@@ -2,7 +2,8 @@
 
 * :func:`choose_factory` picks a factory string from the number of vectors, their dimension and a memory
   budget: ``Flat`` (exact) for small collections, ``HNSW32,SQfp16`` (the graph over 16-bit float
-  vectors) when it fits, ``IVF{k},Flat`` or ``HNSW32,SQ8`` (8-bit codes) when only less fits, and ``OPQ{m},IVF{k},PQ{m}`` (m bytes a vector) when nothing else does. The on-disk path uses
+  vectors) when it fits, ``IVF{k},Flat`` or ``HNSW32,SQ8`` (8-bit codes) when only less fits, and
+  ``OPQ{m},IVF{k},PQ{m}`` (m bytes a vector) when nothing else does. The on-disk path uses
   ``IVF{k},Flat`` (RAM holds only the centroids).
 * :func:`estimate_memory` is the estimate the choice compares against the budget.
 * :func:`make_index` builds it with the inner-product metric; non-IVF indexes are wrapped in
