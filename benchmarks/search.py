@@ -13,6 +13,8 @@ Per N, in one process (so the rows are comparable), with ``faiss.omp_set_num_thr
   autofaiss     ``autofaiss.build_index(max_index_memory_usage=--max-memory, current_memory_available=16G,
                 metric_type='ip', nb_cores=--threads, max_index_query_time_ms=10)`` in its own venv
                 (``benchmarks/setup_autofaiss.sh``: it needs numpy<2), as delivered (its efSearch/nprobe)
+  ours insertion order  the same index with its rows put back in insertion order (undoing the breadth-first
+                renumbering ``index.factory.reorder_graph`` does at build): what the graph reordering buys
   ... @=recall  ours and autofaiss re-tuned on the dataset's queries with the same fine efSearch/nprobe
                 grid: the smallest value reaching --target-recall. This is the like-for-like speed comparison.
                 Rows marked * are timed side by side (``head_to_head``: alternating rounds over the same
@@ -29,8 +31,10 @@ that process), single-query latency p50/p99 (one query per ``search`` call, --si
 index (our IndexIDMap2 wrapper otherwise opens an OpenMP region per query, whose thread wake-up costs ~8 ms
 when the other core is busy); autofaiss's bare HNSW opens none, and is timed as is.
 
-End to end: ``python -m index search --index runs/index/emoji "猫" -k 10`` in a new process, --e2e-runs times
-(the emoji index is built first if missing), wall time per run.
+End to end: ``python -m index search --index runs/index/emoji "猫" -k 10`` in a new process (the emoji index is
+built first if missing), wall time per run: --e2e-cold-runs runs each right after emptying the OS page cache
+(a cold start: Python, numpy, faiss, onnxruntime and the index read from disk; needs root), then --e2e-runs
+runs on a warm cache.
 
     python benchmarks/search.py --sizes 100000 1000000          # the reported run (~20 min on 2 cores)
     python benchmarks/search.py --sizes 20000 --no-autofaiss     # a quick check
@@ -228,20 +232,32 @@ def run_autofaiss(xb, xq, gt, k, budget, target, n_single, work: Path, threads: 
     return rows, index
 
 
-def head_to_head(ours, af, ours_row: dict, af_row: dict, xq, k, n_single, rounds: int = 6) -> None:
-    """Re-time the two @=recall rows side by side: ``rounds`` rounds, each timing the same ``n_single``
-    queries on both indexes, the order swapped every round, so drift of the machine (the other core's
-    load, clock, caches) falls on both alike. p50/p99 over all rounds and the median batch QPS replace the
-    rows' sequential measurements (which are kept as ``*_sequential``)."""
+def insertion_order_copy(index):
+    """A copy of our HNSW index with its rows put back in insertion order, undoing the breadth-first
+    renumbering of ``index.factory.reorder_graph`` (the benchmark's ids are 0..N-1 in insertion order):
+    the same graph and results, only the memory layout differs, which is what this row measures."""
+    import faiss
     from index import factory as fx
 
-    sides = {"ours": (ours_row, lambda q, kk: fx.search(ours, q, kk), ours),
-             "autofaiss": (af_row, af.search, af)}
+    plain = faiss.clone_index(index)
+    ids = faiss.vector_to_array(plain.id_map)
+    back = np.argsort(ids)  # new row r <- the row holding id r
+    fx.hnsw_of(plain).permute_entries(back)
+    faiss.copy_array_to_vector(np.ascontiguousarray(ids[back]), plain.id_map)
+    plain.construct_rev_map()
+    return plain
+
+
+def head_to_head(sides: dict, xq, k, n_single, rounds: int = 6) -> None:
+    """Re-time rows side by side. ``sides``: name -> (row, index, search function). ``rounds`` rounds,
+    each timing the same ``n_single`` queries on every side, the order reversed every other round, so
+    drift of the machine (the other core's load, clock, caches) falls on all alike. p50/p99 over all
+    rounds and the median batch QPS replace the rows' sequential measurements (kept as ``*_sequential``)."""
     times = {name: [] for name in sides}
     qps = {name: [] for name in sides}
     for rnd in range(rounds):
         for name in (list(sides) if rnd % 2 == 0 else list(sides)[::-1]):
-            row, search, index = sides[name]
+            row, index, search = sides[name]
             for q in xq[:n_single]:
                 t = time.perf_counter()
                 search(q[None], k)
@@ -256,6 +272,9 @@ def head_to_head(ours, af, ours_row: dict, af_row: dict, xq, k, n_single, rounds
             f"p99 {row['p99_ms']:.3f} ms, {row['qps']:.0f} QPS")
 
 
+COPIED = ("build_s", "bytes", "rss", "factory", "params")
+
+
 def _fmt(params: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in params.items())
 
@@ -263,7 +282,18 @@ def _fmt(params: dict) -> str:
 # ----------------------------------------------------------------------------------------- end to end
 
 
-def end_to_end(index_dir: Path, runs: int, query: str = "猫") -> dict:
+def drop_page_cache() -> bool:
+    """Empty the OS page cache (Linux, as root), so that the next process reads Python, its libraries and
+    the index files from disk: a cold start. False where that is not allowed."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def end_to_end(index_dir: Path, runs: int, cold_runs: int = 2, query: str = "猫") -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if not (index_dir / "index.json").is_file():
         say(f"e2e: building {index_dir} (emoji closed view, models/brivl-emoji) ...")
@@ -272,18 +302,28 @@ def end_to_end(index_dir: Path, runs: int, query: str = "猫") -> dict:
                      ["build", "--emb", str(emb), "--out", str(index_dir), "--no-progress"]):
             subprocess.run([sys.executable, "-m", "index", *argv], check=True, cwd=REPO, env=env)
     cmd = [sys.executable, "-m", "index", "search", "--index", str(index_dir), query, "-k", "10"]
-    walls, out = [], ""
-    for _ in range(runs):
+
+    def once() -> tuple[float, str]:
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=True)
-        walls.append(time.perf_counter() - t)
-        out = r.stdout
+        return time.perf_counter() - t, r.stdout
+
+    cold = []
+    for _ in range(cold_runs):
+        if not drop_page_cache():
+            say("e2e: cannot drop the page cache (needs root on Linux): no cold runs")
+            break
+        cold.append(once()[0])
+    walls, out = [], ""
+    for _ in range(runs):
+        wall, out = once()
+        walls.append(wall)
     base = []
     for _ in range(3):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         base.append(time.perf_counter() - t)
-    return {"command": " ".join(cmd[1:]), "walls_s": walls, "median_s": statistics.median(walls),
+    return {"command": " ".join(cmd[1:]), "cold_walls_s": cold, "walls_s": walls, "median_s": statistics.median(walls),
             "max_s": max(walls), "python_startup_s": min(base), "first_hits": out.splitlines()[1:4]}
 
 
@@ -311,6 +351,12 @@ def ratios(rows: list[dict], target: float) -> list[str]:
         out.append(f"ours @=recall vs flat (its faster single-query setting): p50 {flat['p50_ms'] / ours['p50_ms']:.0f}x "
                    f"faster, batch QPS "
                    f"{ours['qps'] / flat['qps']:.1f}x, recall {ours['recall']:.3f} vs 1.000")
+    plain = next((r for r in rows if "insertion order" in r["name"]), None)
+    if ours and plain:
+        out.append(f"graph reordering (same graph, rows breadth-first vs insertion order): p50 {ours['p50_ms']:.3f} vs "
+                   f"{plain['p50_ms']:.3f} ms ({plain['p50_ms'] / ours['p50_ms']:.2f}x), p99 {ours['p99_ms']:.3f} vs "
+                   f"{plain['p99_ms']:.3f} ms, QPS {ours['qps'] / plain['qps']:.2f}x, recall {ours['recall']:.3f} vs "
+                   f"{plain['recall']:.3f}")
     if ours and af:
         out.append(f"ours @=recall vs autofaiss @=recall (target {target}): p50 {ours['p50_ms']:.3f} vs "
                    f"{af['p50_ms']:.3f} ms ({af['p50_ms'] / ours['p50_ms']:.2f}x), p99 {ours['p99_ms']:.3f} vs "
@@ -331,12 +377,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-autofaiss", action="store_true")
     p.add_argument("--autofaiss-venv", default=str(REPO / "runs" / "bench" / "autofaiss-venv"))
     p.add_argument("--e2e-index", default=str(REPO / "runs" / "index" / "emoji"))
-    p.add_argument("--e2e-runs", type=int, default=5)
+    p.add_argument("--e2e-runs", type=int, default=5, help="end-to-end runs on a warm page cache")
+    p.add_argument("--e2e-cold-runs", type=int, default=2,
+                   help="end-to-end runs each after dropping the page cache (root on Linux; else skipped)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "search"))
     a = p.parse_args(argv)
 
     import faiss
     from faiss.contrib.datasets import SyntheticDataset
+
+    from index import factory as fx
 
     faiss.omp_set_num_threads(a.threads)
     out = Path(a.out)
@@ -354,25 +404,36 @@ def main(argv=None) -> int:
             ours_rows, ours = run_ours(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work,
                                        a.ef_construction)
             rows = flat + ours_rows
+            sides = {"ours": (ours_rows[-1], ours, lambda q, kk, i=ours: fx.search(i, q, kk))}
+            if fx.hnsw_of(ours) is not None:
+                plain = insertion_order_copy(ours)
+                plain_row = measure(ours_rows[-1]["name"].replace("@=recall", "insertion order"), plain, xq, gt, k,
+                                    a.single, True, **{c: ours_rows[-1][c] for c in COPIED})
+                rows.append(plain_row)
+                sides["plain"] = (plain_row, plain, lambda q, kk, i=plain: fx.search(i, q, kk))
             if not a.no_autofaiss:
                 af_rows, af = run_autofaiss(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work, a.threads,
                                             Path(a.autofaiss_venv))
                 rows += af_rows
                 if af is not None:
-                    head_to_head(ours, af, ours_rows[-1], af_rows[-1], xq, k, a.single)
-                del af
-            del ours
+                    sides["autofaiss"] = (af_rows[-1], af, af.search)
+            if len(sides) > 1:
+                head_to_head(sides, xq, k, a.single)
+            del sides, ours
         del xb
         results["sizes"][n] = rows
         report.append(table(rows, n))
         report += ratios(rows, a.target_recall)
         report.append("")
         print("\n".join(report[-(len(ratios(rows, a.target_recall)) + 2):]), flush=True)
-    e2e = end_to_end(Path(a.e2e_index), a.e2e_runs)
+    e2e = end_to_end(Path(a.e2e_index), a.e2e_runs, a.e2e_cold_runs)
     results["end_to_end"] = e2e
     report.append(f"end to end, new process: python {e2e['command']}")
-    report.append(f"  wall per run: {', '.join(f'{w:.2f}' for w in e2e['walls_s'])} s; median {e2e['median_s']:.2f} s, "
-                  f"max {e2e['max_s']:.2f} s (python -c pass: {e2e['python_startup_s']:.2f} s)")
+    if e2e["cold_walls_s"]:
+        report.append(f"  cold (page cache dropped before each run), wall per run: "
+                      f"{', '.join(f'{w:.2f}' for w in e2e['cold_walls_s'])} s")
+    report.append(f"  warm, wall per run: {', '.join(f'{w:.2f}' for w in e2e['walls_s'])} s; median "
+                  f"{e2e['median_s']:.2f} s, max {e2e['max_s']:.2f} s (python -c pass: {e2e['python_startup_s']:.2f} s)")
     report += ["  " + line for line in e2e["first_hits"]]
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
     print("\n\n" + f"search benchmark, SyntheticDataset d=512 IP, {a.threads} threads, budget {a.max_memory}, "

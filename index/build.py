@@ -2,6 +2,7 @@
 
 Steps: read the shards (``index.embed``'s layout), check ids (unique keys, no hash collision), choose a
 factory (:func:`index.factory.choose_factory`, unless ``--factory``), train on a sample, add with ids,
+renumber a graph's rows in breadth-first order for memory locality (:func:`index.factory.reorder_graph`),
 tune ``efSearch``/``nprobe`` on held-out queries (database vectors sampled at random; each query's own
 vector is left out of its neighbours on both sides) until recall@10 against exact inner-product search
 reaches ``--target-recall``, export the text tower to ONNX, and write::
@@ -115,9 +116,12 @@ def build_index(x: np.ndarray, ids: np.ndarray, factory: str, target_recall: flo
     fx.add(index, x, ids, progress=lambda i: bar.update(i - bar.n))
     bar.close()
     add_s = time.perf_counter() - t
+    t = time.perf_counter()
+    reordered = fx.reorder_graph(index)  # same results, better memory locality (HNSW only)
+    reorder_s = time.perf_counter() - t
     tuning = tune_on_sample(index, x, ids, k, target_recall, n_queries, seed)
-    report = {"train_s": round(train_s, 2), "add_s": round(add_s, 2),
-              "build_s": round(time.perf_counter() - t0, 2), **tuning}
+    report = {"train_s": round(train_s, 2), "add_s": round(add_s, 2), "build_s": round(time.perf_counter() - t0, 2),
+              **({"graph_reorder_s": round(reorder_s, 2)} if reordered else {}), **tuning}
     return index, report
 
 

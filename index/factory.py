@@ -206,6 +206,63 @@ def add(index, x: np.ndarray, ids: np.ndarray, batch: int | None = None, progres
             progress(min(len(x), i + batch))
 
 
+def graph_neighbours(hnsw_index) -> np.ndarray:
+    """Level-0 adjacency of an ``IndexHNSW``: (N, 2M) int32 row numbers, -1 for an empty slot."""
+    import faiss
+
+    h = hnsw_index.hnsw
+    nb = faiss.vector_to_array(h.neighbors)
+    offsets = faiss.vector_to_array(h.offsets).astype(np.int64)[:-1]  # (N,) start of each row's links
+    width = int(faiss.vector_to_array(h.cum_nneighbor_per_level)[1])  # 2M slots at level 0
+    return nb[offsets[:, None] + np.arange(width)[None, :]]  # (N, 2M)
+
+
+def bfs_order(neighbours: np.ndarray, start: int) -> np.ndarray:
+    """Rows in breadth-first order from ``start`` over the adjacency ``neighbours`` (N, W); rows it does
+    not reach follow, each unreached component searched from its smallest row. Within one BFS level, rows
+    keep the order in which the previous level first names them. Returns a permutation of 0..N-1."""
+    n = len(neighbours)
+    seen = np.zeros(n, dtype=bool)
+    order, done = [], 0
+    while True:
+        frontier = np.array([start], dtype=np.int64)
+        seen[start] = True
+        while len(frontier):
+            order.append(frontier)
+            done += len(frontier)
+            cand = neighbours[frontier].ravel()  # in visiting order
+            cand = cand[cand >= 0]
+            cand = cand[~seen[cand]]
+            rows, first = np.unique(cand, return_index=True)
+            frontier = rows[np.argsort(first, kind="stable")].astype(np.int64)
+            seen[frontier] = True
+        if done == n:
+            return np.concatenate(order)
+        start = int(np.argmin(seen))  # the first row not reached yet
+
+
+def reorder_graph(index) -> bool:
+    """Renumber the rows of an HNSW index (inside ``IndexIDMap``/``IndexIDMap2``) in breadth-first order
+    of its level-0 graph from the entry point, so that a search's next hops mostly lie near each other in
+    memory (graph reordering, Coleman et al. 2022, "Graph Reordering for Cache-Efficient Near Neighbor
+    Search"). The ids, the links and hence every search result stay the same; only where the vectors
+    and their links sit changes. Returns False (and does nothing) for other indexes."""
+    import faiss
+
+    id_map = getattr(index, "id_map", None)
+    inner = faiss.downcast_index(index.index) if id_map is not None else None
+    if not isinstance(inner, faiss.IndexHNSW) or inner.ntotal < 2:
+        return False
+    order = bfs_order(graph_neighbours(inner), int(inner.hnsw.entry_point))  # order[new row] = old row
+    ids = faiss.vector_to_array(id_map)
+    inner.permute_entries(order)
+    faiss.copy_array_to_vector(np.ascontiguousarray(ids[order]), id_map)
+    if isinstance(index, faiss.IndexIDMap2):
+        index.construct_rev_map()
+    _GRAPH_IDS.pop(index, None)
+    return True
+
+
 # --------------------------------------------------------------------------------------------- search
 
 

@@ -142,3 +142,66 @@ def test_small_batch_fast_path_on_hnsw_equals_the_id_map_search():
     assert sorted(i[0][:4]) == sorted(ids[:4]) and (i[0][4:] == -1).all()
     tiny.add_with_ids(x[4:6], np.array([7, 8], dtype=np.int64))  # the id table follows the graph's growth
     assert set(fx.search(tiny, xq[:1], 8)[1][0][:6]) == set(ids[:4]) | {7, 8}
+
+
+def _bfs_reference(neighbours, start):
+    """Plain-Python BFS (a deque), the reference for fx.bfs_order: each row's unseen neighbours are queued
+    in link order; unreached rows restart from the smallest one."""
+    from collections import deque
+
+    n, seen, order = len(neighbours), set(), []
+    while len(order) < n:
+        queue = deque([start])
+        seen.add(start)
+        while queue:
+            row = queue.popleft()
+            order.append(row)
+            for nb in neighbours[row]:
+                if nb >= 0 and nb not in seen:
+                    seen.add(int(nb))
+                    queue.append(int(nb))
+        start = min(set(range(n)) - seen, default=None)
+    return np.array(order)
+
+
+def test_bfs_order_equals_a_plain_bfs():
+    rng = np.random.default_rng(3)
+    for n, w in ((1, 2), (7, 3), (300, 6)):
+        nb = rng.integers(-1, n, (n, w)).astype(np.int32)
+        nb[n // 2:, :] = np.where(nb[n // 2:] < n // 2, -1, nb[n // 2:])  # the second half never links back
+        got = fx.bfs_order(nb, start=n // 2)
+        assert np.array_equal(got, _bfs_reference(nb, n // 2))
+        assert np.array_equal(np.sort(got), np.arange(n))
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "HNSW32,SQfp16"])
+def test_reorder_graph_keeps_every_result_and_id(factory):
+    """After renumbering the rows breadth-first, the same queries give the same ids and scores (through
+    faiss's id map and through fx.search's graph path), ids still reconstruct their own vectors, and the
+    level-0 links are the old links renamed."""
+    x, xq = _data(n=3000)
+    ids = np.random.default_rng(2).integers(0, 2**62, len(x)).astype(np.int64)
+    index = fx.make_index(factory, x.shape[1])
+    fx.train(index, x)
+    fx.add(index, x, ids)
+    fx.set_search_params(index, {"efSearch": 24})
+    want_d, want_i = index.search(xq, 10)
+    want_one = fx.search(index, xq[:1], 10)  # caches the old row -> id table, which reordering must drop
+    inner = fx.hnsw_of(index)
+    old_links = fx.graph_neighbours(inner)
+    old_entry = inner.hnsw.entry_point
+    assert fx.reorder_graph(index)
+    order = fx.bfs_order(old_links, old_entry)
+    assert inner.hnsw.entry_point == 0
+    new_links = fx.graph_neighbours(inner)
+    rename = np.empty(len(order), dtype=np.int64)
+    rename[order] = np.arange(len(order))
+    assert np.array_equal(new_links, np.where(old_links[order] >= 0, rename[old_links[order]], -1))
+    assert np.array_equal(faiss.vector_to_array(index.id_map), ids[order])
+    got_d, got_i = index.search(xq, 10)
+    assert np.array_equal(got_i, want_i) and np.allclose(got_d, want_d, atol=1e-6)
+    got_one = fx.search(index, xq[:1], 10)
+    assert np.array_equal(got_one[1], want_one[1]) and np.allclose(got_one[0], want_one[0], atol=1e-6)
+    tol = 1e-2 if "SQfp16" in factory else 1e-6
+    assert np.allclose(index.reconstruct(int(ids[123])), x[123], atol=tol)  # IDMap2's reverse map rebuilt
+    assert not fx.reorder_graph(fx.make_index("Flat", 8)) and not fx.reorder_graph(faiss.IndexHNSWFlat(8, 8))
