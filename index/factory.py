@@ -8,6 +8,8 @@
 * :func:`estimate_memory` is the estimate the choice compares against the budget.
 * :func:`make_index` builds it with the inner-product metric; non-IVF indexes are wrapped in
   ``IndexIDMap2`` so they take our int64 ids (IVF stores ids itself).
+* :func:`reorder_graph` renumbers an HNSW index's rows breadth-first over its graph (same results,
+  better memory locality).
 * :func:`tune` raises ``efSearch`` / ``nprobe`` until recall@k against exact search (:func:`exact_knn`,
   ``IndexFlatIP`` semantics) reaches a target, on held-out queries; :func:`recall_at_k` is the measure.
 """

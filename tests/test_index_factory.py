@@ -205,3 +205,24 @@ def test_reorder_graph_keeps_every_result_and_id(factory):
     tol = 1e-2 if "SQfp16" in factory else 1e-6
     assert np.allclose(index.reconstruct(int(ids[123])), x[123], atol=tol)  # IDMap2's reverse map rebuilt
     assert not fx.reorder_graph(fx.make_index("Flat", 8)) and not fx.reorder_graph(faiss.IndexHNSWFlat(8, 8))
+
+
+def test_benchmark_insertion_order_copy_undoes_the_reordering():
+    """benchmarks/search.py's "insertion order" row times this copy: it must be the graph as added."""
+    from benchmarks.search import insertion_order_copy
+
+    x, xq = _data(n=1500)
+    index = fx.make_index("HNSW32,SQfp16", x.shape[1])
+    fx.train(index, x)
+    fx.add(index, x, np.arange(len(x), dtype=np.int64))  # the benchmark's ids: insertion order
+    added_links, added_entry = fx.graph_neighbours(fx.hnsw_of(index)).copy(), fx.hnsw_of(index).hnsw.entry_point
+    fx.set_search_params(index, {"efSearch": 16})
+    want = index.search(xq, 10)
+    assert fx.reorder_graph(index)
+    plain = insertion_order_copy(index)
+    assert np.array_equal(faiss.vector_to_array(plain.id_map), np.arange(len(x)))
+    assert np.array_equal(fx.graph_neighbours(fx.hnsw_of(plain)), added_links)
+    assert fx.hnsw_of(plain).hnsw.entry_point == added_entry
+    got = plain.search(xq, 10)
+    assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], atol=1e-6)
+    assert np.allclose(plain.reconstruct(7), x[7], atol=1e-2)
