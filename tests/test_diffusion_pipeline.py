@@ -1,0 +1,134 @@
+"""diffusion.pipeline_alt_diffusion: tiny random components with a fixed seed (the diffusers way)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel  # noqa: E402
+from transformers import AltCLIPTextConfig, AltCLIPTextModel, AutoTokenizer  # noqa: E402
+
+from diffusion.pipeline_alt_diffusion import AltDiffusionPipeline  # noqa: E402
+
+TOKENIZER = REPO / "models" / "altclip-emoji"  # the shipped multilingual tokenizer (8000 pieces)
+PROMPTS = ["一只猫", "a red heart"]
+
+
+def tiny_pipeline(vae: bool = False, max_length: int = 12) -> AltDiffusionPipeline:
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    text_encoder = AltCLIPTextModel(AltCLIPTextConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        project_dim=8, max_position_embeddings=40, pad_token_id=tok.pad_token_id)).eval()
+    channels = 4 if vae else 3
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=channels, out_channels=channels, layers_per_block=1, block_out_channels=(4, 8),
+        norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=2).eval()
+    autoencoder = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 8), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16).eval() if vae else None
+    scheduler = DDIMScheduler(num_train_timesteps=100, clip_sample=False)
+    pipe = AltDiffusionPipeline(text_encoder, tok, unet, scheduler, vae=autoencoder, tokenizer_max_length=max_length)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompts=PROMPTS, seed=0, **kw) -> np.ndarray:
+    kw.setdefault("num_inference_steps", 3)
+    kw.setdefault("guidance_scale", 3.0)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    return pipe(prompts, generator=gens, output_type="np", **kw).images
+
+
+@pytest.mark.parametrize("vae", [False, True], ids=["pixels", "latents"])
+def test_generation_is_seeded_and_follows_the_prompt(vae):
+    pipe = tiny_pipeline(vae)
+    a, b = generate(pipe), generate(pipe)
+    side = 16 if vae else 8  # the UNet's sample_size 8, times the VAE's 2x
+    assert pipe.default_size == side and a.shape == (2, side, side, 3) and np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, generate(pipe, seed=5), atol=1e-3)  # other noise
+    other = generate(pipe, ["кошка", "a red heart"])
+    assert not np.allclose(other[0], a[0], atol=1e-4) and np.allclose(other[1], a[1], atol=1e-6)
+    pil = pipe("一只猫", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert len(pil) == 1 and pil[0].size == (side, side)
+
+
+def test_padding_never_changes_the_image():
+    """The mask reaches the text tower and the UNet's cross-attention: padding to 12 or to 24 tokens gives
+    the same image (it would not if the UNet attended to the pad states)."""
+    short, long = generate(tiny_pipeline(max_length=12)), generate(tiny_pipeline(max_length=24))
+    assert np.allclose(short, long, atol=1e-5)
+    pipe = tiny_pipeline(max_length=24)
+    states, mask = pipe.encode_prompt(PROMPTS, "cpu", do_classifier_free_guidance=False)
+    unmasked = pipe.unet(torch.zeros(2, 3, 8, 8), 5, encoder_hidden_states=states).sample
+    masked = pipe.unet(torch.zeros(2, 3, 8, 8), 5, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+    assert not torch.allclose(unmasked, masked, atol=1e-5)  # so the check above can fail
+
+
+def test_classifier_free_guidance():
+    """uncond + g (cond - uncond): with the prompt itself as the negative prompt that is the plain
+    conditional prediction, whatever g; with the empty prompt it is not."""
+    pipe = tiny_pipeline()
+    plain = generate(pipe, guidance_scale=1.0)
+    assert np.allclose(generate(pipe, guidance_scale=6.0, negative_prompt=PROMPTS), plain, atol=1e-5)
+    assert not np.allclose(generate(pipe, guidance_scale=6.0), plain, atol=1e-4)
+    states, mask = pipe.encode_prompt(PROMPTS, "cpu", num_images_per_prompt=3)
+    assert states.shape == (12, 12, 8) and mask.shape == (12, 12)  # 2 x (negative + prompt) x 3 images
+
+
+def test_a_batch_equals_its_prompts_one_by_one():
+    pipe = tiny_pipeline()
+    both = generate(pipe)
+    for i, p in enumerate(PROMPTS):
+        one = pipe([p], generator=[torch.Generator().manual_seed(i)], num_inference_steps=3, guidance_scale=3.0,
+                   output_type="np").images
+        assert np.allclose(one[0], both[i], atol=1e-5)
+
+
+@pytest.mark.parametrize("vae", [False, True], ids=["pixels", "latents"])
+def test_save_pretrained_round_trip(tmp_path, vae):
+    pipe = tiny_pipeline(vae)
+    want = generate(pipe)
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["tokenizer_max_length"] == 12 and index["text_encoder"] == ["transformers", "AltCLIPTextModel"]
+    assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    back = AltDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    back.set_progress_bar_config(disable=True)
+    assert (back.vae is None) == (not vae)
+    assert np.allclose(generate(back), want, atol=1e-6)
+
+
+def test_schedulers_swap_by_config():
+    pipe = tiny_pipeline()
+    ddim = generate(pipe, num_inference_steps=4)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    dpm = generate(pipe, num_inference_steps=4)
+    assert np.isfinite(dpm).all() and not np.allclose(dpm, ddim, atol=1e-4)
+
+
+def test_bad_input_says_what_is_wrong():
+    pipe = tiny_pipeline()
+    cases = [(dict(prompt="  "), "prompt is empty"), (dict(prompt=[]), "non-empty list"),
+             (dict(prompt="cat", height=13), "multiple of 2"), (dict(prompt="cat", num_inference_steps=0), ">= 1"),
+             (dict(prompt=["a", "b"], negative_prompt=["x", "y", "z"]), "negative_prompt"),
+             (dict(prompt="cat", output_type="jpg"), "output_type"),
+             (dict(prompt=["a", "b"], generator=[torch.Generator()]), "one per image")]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            pipe(**{"num_inference_steps": 1, **kw})
+    wide = UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                block_out_channels=(4, 8), norm_num_groups=4, cross_attention_dim=16,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2)
+    with pytest.raises(ValueError, match="cross-attends to 16-d"):
+        AltDiffusionPipeline(pipe.text_encoder, pipe.tokenizer, wide, pipe.scheduler)
+    with pytest.raises(ValueError, match="takes 3 channels"):
+        AltDiffusionPipeline(pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler,
+                             vae=tiny_pipeline(vae=True).vae)
