@@ -1,0 +1,116 @@
+"""``python -m diffusion``: train an AltDiffusion UNet on a multilingual text tower, export it, generate.
+
+    python -m diffusion fit --config configs/altdiffusion-emoji.yaml
+    python -m diffusion export --ckpt runs/altdiffusion-emoji/version_0/checkpoints/last.ckpt \\
+        --config runs/altdiffusion-emoji/version_0/config.yaml --out models/altdiffusion-emoji
+    python -m diffusion generate --model models/altdiffusion-emoji "一只猫" "a red heart" --out grid.png
+
+``export`` writes a diffusers folder (``model_index.json``, ``text_encoder/``, ``tokenizer/``, ``unet/``
+with the EMA weights, ``scheduler/`` DDIM) that ``AltDiffusionPipeline.from_pretrained`` loads.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from altclip.cli import lightning_main  # LightningCLI, model and data named by class_path in the config
+from brivl.cli import CLIError, run_cli
+
+
+def pipeline_from_checkpoint(ckpt: str, config: str | None = None):
+    """The EMA UNet of a training checkpoint (read with ``weights_only=True``) in an AltDiffusionPipeline."""
+    import torch
+    import yaml
+
+    from .model import build_pipeline, create_unet, load_text_tower, noise_scheduler, text_width
+
+    if not Path(ckpt).is_file():
+        raise CLIError(f"checkpoint {ckpt} not found")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = dict(state.get("hyper_parameters", {}))
+    if config:
+        section = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {})
+        hp.update(section.get("init_args", section))
+    text, tokenizer, ctx = load_text_tower(hp["text_tower"])
+    unet = create_unet(hp["unet"], text_width(text))
+    sd = {k[len("unet_ema."):]: v for k, v in state["state_dict"].items() if k.startswith("unet_ema.")}
+    missing, unexpected = unet.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise CLIError(f"{ckpt} does not fit the UNet {hp['unet']!r}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    sched = noise_scheduler(hp["num_train_timesteps"], hp["beta_schedule"])
+    return build_pipeline(text, tokenizer, unet.eval(), sched.config, ctx), hp
+
+
+def cmd_export(a) -> None:
+    from brivl.data.shards import write_folder_atomically
+
+    pipe, hp = pipeline_from_checkpoint(a.ckpt, a.config)
+    extra = {"trained_with.json": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, list))}}
+    if a.config:
+        extra["config.yaml"] = Path(a.config).read_text()
+        curve = Path(a.config).with_name("loss_curve.png")
+        if curve.exists():
+            extra["loss_curve.png"] = curve.read_bytes()
+    out = write_folder_atomically(a.out, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), extra)
+    print(f"exported {a.ckpt} -> {out}")
+
+
+def cmd_generate(a) -> None:
+    import torch
+
+    from .pipeline_alt_diffusion import AltDiffusionPipeline
+
+    if not (Path(a.model) / "model_index.json").is_file():
+        raise CLIError(f"{a.model} is not a pipeline folder (no model_index.json): export one with "
+                       "`python -m diffusion export`")
+    pipe = AltDiffusionPipeline.from_pretrained(a.model)
+    prompts = list(a.prompt)
+    gens = [torch.Generator().manual_seed(a.seed + i) for i in range(len(prompts) * a.per_prompt)]
+    images = pipe(prompts, num_inference_steps=a.steps, guidance_scale=a.guidance, num_images_per_prompt=a.per_prompt,
+                  generator=gens).images
+    grid = image_grid(images, len(prompts), a.per_prompt, a.scale)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    grid.save(a.out)
+    print(f"{len(images)} images ({len(prompts)} prompts x {a.per_prompt}) -> {a.out}")
+
+
+def image_grid(images, rows: int, cols: int, scale: int = 1):
+    """PIL images -> one grid, row-major (a row per prompt), each image enlarged ``scale`` times."""
+    from PIL import Image
+
+    if len(images) != rows * cols:
+        raise ValueError(f"{len(images)} images do not fill a {rows} x {cols} grid")
+    w, h = images[0].size[0] * scale, images[0].size[1] * scale
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im.resize((w, h), Image.Resampling.NEAREST), ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m diffusion", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for c in ("fit", "validate"):
+        sub.add_parser(c, help=f"Lightning {c} (LightningCLI; --config configs/altdiffusion-*.yaml)")
+    e = sub.add_parser("export", help="training checkpoint -> AltDiffusionPipeline folder (EMA UNet)")
+    e.add_argument("--ckpt", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--config", default=None, help="the run's config.yaml, copied into the folder")
+    e.set_defaults(func=cmd_export)
+    g = sub.add_parser("generate", help="prompts in any of the text tower's languages -> an image grid")
+    g.add_argument("prompt", nargs="+")
+    g.add_argument("--model", default="models/altdiffusion-emoji")
+    g.add_argument("--out", default="runs/generate/grid.png")
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--per-prompt", type=int, default=4)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(list(sys.argv[1:] if argv is None else argv), lightning_main, build_parser())

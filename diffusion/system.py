@@ -1,0 +1,147 @@
+"""AltDiffusion training as a LightningModule: denoising loss on image-caption pairs in many languages.
+
+Recipe after AltDiffusion (Ye et al., 2023): the multilingual text tower is frozen; the UNet learns to
+predict the noise added to an image at a random timestep (DDPM, epsilon prediction), cross-attending
+to the tower's per-token states under its attention mask. Captions are dropped (replaced by the empty
+prompt) with probability ``caption_dropout`` so the model also learns the unconditional prediction that
+classifier-free guidance needs. An exponential moving average of the UNet (``unet_ema``) is kept and is
+what validation scores and export ships. ``trainable="cross_attention"`` trains only the
+cross-attention keys and values (``attn2.to_k`` / ``attn2.to_v``), AltDiffusion's "concept alignment"
+stage for a pretrained UNet; ``"all"`` trains the whole UNet (from scratch, as for the emoji model).
+
+Batches come from :class:`brivl.data.datamodule.ShardDataModule` (images normalised to [-1, 1]).
+Validation: the denoising loss of the EMA UNet over the whole validation view with fixed noise and
+timesteps spread evenly over the schedule, so it is comparable between steps.
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from .model import create_unet, load_text_tower, noise_scheduler, text_width
+
+TRAINABLE = ("all", "cross_attention")
+
+
+class AltDiffusionSystem(pl.LightningModule):
+    def __init__(self, text_tower: str, unet: str, lr: float, weight_decay: float, warmup_steps: int,
+                 caption_dropout: float, ema_decay: float, num_train_timesteps: int, beta_schedule: str,
+                 trainable: str = "all", image_size: int | None = None,
+                 val_langs: list[str] | None = None, seed: int = 0):
+        super().__init__()
+        if trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        self.save_hyperparameters()
+        self.text_encoder, self.tokenizer, self.context_length = load_text_tower(text_tower)
+        self.text_encoder.requires_grad_(False)
+        self.unet = create_unet(unet, text_width(self.text_encoder))
+        if trainable == "cross_attention":
+            for name, p in self.unet.named_parameters():
+                p.requires_grad_(is_cross_attention_kv(name))
+        self.unet_ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        self.noise_scheduler = noise_scheduler(num_train_timesteps, beta_schedule)
+        self.image_size = image_size or int(self.unet.config.sample_size)
+        self._rng = random.Random(seed)
+
+    # ---------------------------------------------------------------------------------------- data
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "configure_preprocess"):  # images to [-1, 1] at the UNet's size
+            dm.configure_preprocess(self.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.text_encoder.eval()  # frozen: no dropout
+        self.unet_ema.eval()
+        return self
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token states ``(B, L, D)`` and mask ``(B, L)`` of the frozen tower."""
+        tok = self.tokenizer(list(texts), padding="max_length", max_length=self.context_length, truncation=True,
+                             return_tensors="pt")
+        ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
+        return self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+    def drop_captions(self, texts: list[str]) -> list[str]:
+        """Each caption replaced by the empty prompt with probability ``caption_dropout``."""
+        p = self.hparams.caption_dropout
+        return [("" if self._rng.random() < p else t) for t in texts]
+
+    # ------------------------------------------------------------------------------------- training
+
+    def denoising_loss(self, unet, images: torch.Tensor, texts: list[str], noise: torch.Tensor,
+                       timesteps: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of ||eps - unet(x_t, t, text)||^2 / (C H W)."""
+        states, mask = self.encode_text(texts)  # (B, L, D), (B, L)
+        noisy = self.noise_scheduler.add_noise(images, noise, timesteps)  # (B, 3, S, S)
+        pred = unet(noisy, timesteps, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        return F.mse_loss(pred.float(), noise.float())
+
+    def training_step(self, batch, batch_idx):
+        images = batch["images"]  # (B, 3, S, S) in [-1, 1]
+        texts = self.drop_captions(batch["texts"][0])
+        noise = torch.randn_like(images)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(images),), device=self.device)
+        loss = self.denoising_loss(self.unet, images, texts, noise, t)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        update_ema(self.unet_ema, self.unet, ema_decay_at(self.hparams.ema_decay, self.global_step))
+
+    def validation_step(self, batch, batch_idx):
+        images, metas = batch["images"].to(self.device), batch["metas"]
+        langs = self.hparams.val_langs or ["en"]
+        texts = [caption_in(m, langs[i % len(langs)]) for i, m in enumerate(metas)]
+        gen = torch.Generator().manual_seed(self.hparams.seed)
+        n, steps = len(images), self.noise_scheduler.config.num_train_timesteps
+        noise = torch.randn(images.shape, generator=gen).to(self.device)
+        t = (torch.arange(n) * steps // max(1, n)).to(self.device)  # spread evenly over the schedule
+        total = 0.0
+        for i in range(0, n, 256):
+            sl = slice(i, i + 256)
+            total += float(self.denoising_loss(self.unet_ema, images[sl], texts[sl], noise[sl], t[sl])) * len(t[sl])
+        self.log("val/loss", total / n, prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self):
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        warm = max(1, self.hparams.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def is_cross_attention_kv(name: str) -> bool:
+    """The cross-attention key/value projections of a diffusers UNet (``...attn2.to_k.weight`` etc.)."""
+    return ".attn2.to_k." in name or ".attn2.to_v." in name
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA decay at optimizer step ``step``: warmed up as (1 + step) / (10 + step), capped at ``decay``."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def caption_in(meta: dict, lang: str) -> str:
+    """The sample's first caption in ``lang`` (else in English, else any)."""
+    caps = meta.get("captions") or {}
+    for key in (lang, "en", *sorted(caps)):
+        if caps.get(key):
+            return caps[key][0]
+    return ""
