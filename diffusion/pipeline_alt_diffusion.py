@@ -19,6 +19,8 @@ This is one readable file in the diffusers style: components registered with ``r
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,11 +28,20 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
+def token_states(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The projected per-token states ``(B, L, D)`` the UNet cross-attends to: the first output of both
+    AltCLIP text towers (``AltCLIPTextModel.last_hidden_state`` is ``transformation(pre_LN(h))``;
+    ``RobertaSeriesModelWithTransformation.projection_state`` is ``transformation(h)``, whose
+    ``last_hidden_state`` is the raw XLM-R output and would be the wrong tensor)."""
+    return text_encoder(input_ids=ids, attention_mask=mask)[0]
+
+
 class AltDiffusionPipeline(DiffusionPipeline):
     """Text-to-image generation with a multilingual text tower.
 
-    Components: ``text_encoder`` (a transformers text model whose ``last_hidden_state`` width equals
-    ``unet.config.cross_attention_dim``, e.g. ``AltCLIPTextModel``), ``tokenizer``, ``unet``
+    Components: ``text_encoder`` (``transformers.AltCLIPTextModel``, or diffusers'
+    ``RobertaSeriesModelWithTransformation`` of the released AltDiffusion checkpoints: per-token states
+    of width ``unet.config.cross_attention_dim``, see :func:`token_states`), ``tokenizer``, ``unet``
     (``UNet2DConditionModel``), ``scheduler`` (any diffusers noise scheduler; swap with
     ``Scheduler.from_config(pipe.scheduler.config)``) and the optional ``vae`` (``AutoencoderKL``).
     """
@@ -50,6 +61,31 @@ class AltDiffusionPipeline(DiffusionPipeline):
                              f"{'the VAE gives' if vae is not None else 'pixel space (no VAE) has'} {latent_channels}")
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.register_to_config(tokenizer_max_length=int(tokenizer_max_length))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``, which also reads the released AltDiffusion layout (``BAAI/AltDiffusion``,
+        ``-m9``, ``-m18``; a local folder or a hub name already in the local cache). That layout declares its
+        text encoder as diffusers' ``RobertaSeriesModelWithTransformation``, a class current diffusers no longer
+        resolves by name, so it is built here from its parts; its safety checker and feature extractor are
+        not used. ``torch_dtype`` is honoured on that path too."""
+        folder = _local_folder(pretrained_model_name_or_path)
+        index = json.loads((folder / "model_index.json").read_text()) if folder is not None else {}
+        if (index.get("text_encoder") or [None])[-1] != "RobertaSeriesModelWithTransformation":
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        import diffusers
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+            RobertaSeriesModelWithTransformation)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        parts = dict(text_encoder=RobertaSeriesModelWithTransformation.from_pretrained(folder / "text_encoder"),
+                     tokenizer=tokenizer, unet=UNet2DConditionModel.from_pretrained(folder / "unet"),
+                     scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(folder / "scheduler"),
+                     vae=AutoencoderKL.from_pretrained(folder / "vae") if (index.get("vae") or [None])[0] else None)
+        pipe = cls(**parts, tokenizer_max_length=min(77, int(tokenizer.model_max_length)))
+        return pipe.to(dtype=kwargs["torch_dtype"]) if kwargs.get("torch_dtype") else pipe
 
     @property
     def vae_scale_factor(self) -> int:
@@ -104,7 +140,7 @@ class AltDiffusionPipeline(DiffusionPipeline):
             neg = [neg] * len(texts) if isinstance(neg, str) else list(neg) * (len(texts) // len(neg))
             texts = neg + texts
         ids, mask = self.tokenize(texts, device)  # (B', L)
-        states = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B', L, D)
+        states = token_states(self.text_encoder, ids, mask)  # (B', L, D)
         states = states.to(self.unet.dtype).repeat_interleave(num_images_per_prompt, dim=0)
         return states, mask.repeat_interleave(num_images_per_prompt, dim=0)
 
@@ -185,3 +221,15 @@ class AltDiffusionPipeline(DiffusionPipeline):
                 out = self.numpy_to_pil(out)
         return ImagePipelineOutput(images=out) if return_dict else (out,)
 
+
+def _local_folder(name_or_path) -> Path | None:
+    """A pipeline folder on disk: the path itself, or a hub name's snapshot in the local cache (no download)."""
+    folder = Path(name_or_path)
+    if not (folder / "model_index.json").is_file():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(name_or_path), local_files_only=True))
+        except Exception:  # not a folder, not cached: diffusers' own from_pretrained says so
+            return None
+    return folder if (folder / "model_index.json").is_file() else None

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import create_unet, load_text_tower, noise_scheduler, text_width
+from .pipeline_alt_diffusion import token_states
 
 TRAINABLE = ("all", "cross_attention")
 
@@ -68,7 +69,7 @@ class AltDiffusionSystem(pl.LightningModule):
         tok = self.tokenizer(list(texts), padding="max_length", max_length=self.context_length, truncation=True,
                              return_tensors="pt")
         ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
-        return self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+        return token_states(self.text_encoder, ids, mask), mask
 
     def drop_captions(self, texts: list[str]) -> list[str]:
         """Each caption replaced by the empty prompt with probability ``caption_dropout``."""

@@ -132,3 +132,48 @@ def test_bad_input_says_what_is_wrong():
     with pytest.raises(ValueError, match="takes 3 channels"):
         AltDiffusionPipeline(pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler,
                              vae=tiny_pipeline(vae=True).vae)
+
+
+def test_reads_the_released_altdiffusion_layout_and_matches_diffusers(tmp_path):
+    """A tiny checkpoint in BAAI/AltDiffusion's layout (written by diffusers' own deprecated pipeline: the
+    text encoder declared as RobertaSeriesModelWithTransformation, a safety-checker slot) loads with our
+    from_pretrained, which current diffusers cannot do by itself; on a prompt without padding and without
+    guidance (where masking changes nothing) it gives diffusers' images."""
+    import warnings
+
+    from diffusers.pipelines.deprecated.alt_diffusion import AltDiffusionPipeline as DiffusersAltDiffusion
+    from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+        RobertaSeriesConfig, RobertaSeriesModelWithTransformation)
+    from transformers import XLMRobertaTokenizerFast
+
+    tiny = tiny_pipeline(vae=True)
+    tok = XLMRobertaTokenizerFast(tokenizer_file=str(TOKENIZER / "tokenizer.json"))
+    torch.manual_seed(1)
+    text_encoder = RobertaSeriesModelWithTransformation(RobertaSeriesConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        project_dim=8, max_position_embeddings=90, pad_token_id=tok.pad_token_id)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = DiffusersAltDiffusion(vae=tiny.vae, text_encoder=text_encoder, tokenizer=tok, unet=tiny.unet,
+                                    scheduler=tiny.scheduler, safety_checker=None, feature_extractor=None,
+                                    requires_safety_checker=False)
+        ref.set_progress_bar_config(disable=True)
+        ref.save_pretrained(tmp_path / "released")
+        index = json.loads((tmp_path / "released" / "model_index.json").read_text())
+        assert index["text_encoder"][-1] == "RobertaSeriesModelWithTransformation" and "safety_checker" in index
+        with pytest.raises(ValueError, match="RobertaSeriesModelWithTransformation"):
+            diffusers.DiffusionPipeline.from_pretrained(tmp_path / "released")  # why the override exists
+        ours = AltDiffusionPipeline.from_pretrained(tmp_path / "released")
+        ours.set_progress_bar_config(disable=True)
+        assert type(ours.text_encoder).__name__ == "RobertaSeriesModelWithTransformation"
+        assert ours.config.tokenizer_max_length == 77
+        prompt = "一只猫"
+        n = len(tok(prompt).input_ids)  # pad to exactly the prompt: no padding on either side
+        ref.tokenizer.model_max_length = n
+        ours.register_to_config(tokenizer_max_length=n)
+        want = ref(prompt, num_inference_steps=3, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+                   output_type="np").images
+        got = ours(prompt, num_inference_steps=3, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+                   output_type="np").images
+    assert got.shape == want.shape == (1, 16, 16, 3)
+    assert np.allclose(got, want, atol=1e-5)
