@@ -81,14 +81,10 @@ def cmd_models(a) -> None:
     print("\n".join(list_models()))
 
 
-def load_system_checkpoint(ckpt: str, config: str | None, build=None):
-    """The trained DualTower of a Lightning checkpoint (weights only, no unpickling of code).
-
-    ``build(hparams) -> DualTower`` makes the untrained model (default: ``create_model(model, tokenizer)``
-    as in ``DualTowerSystem``); the checkpoint's ``model.clip.*`` tensors are then loaded, checked."""
+def read_checkpoint(ckpt: str, config: str | None = None) -> tuple[dict, dict]:
+    """(the checkpoint's tensors and counters, its hyper-parameters updated by the run's ``config.yaml``
+    model section); read with ``weights_only=True``, so no code is unpickled."""
     import torch
-
-    from .model import _load_state_checked, create_model
 
     if not os.path.exists(ckpt):
         raise CLIError(f"checkpoint {ckpt} not found")
@@ -99,6 +95,17 @@ def load_system_checkpoint(ckpt: str, config: str | None, build=None):
 
         section = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {})
         hp.update(section.get("init_args", section))
+    return state, hp
+
+
+def load_system_checkpoint(ckpt: str, config: str | None, build=None):
+    """The trained DualTower of a Lightning checkpoint (weights only, no unpickling of code).
+
+    ``build(hparams) -> DualTower`` makes the untrained model (default: ``create_model(model, tokenizer)``
+    as in ``DualTowerSystem``); the checkpoint's ``model.clip.*`` tensors are then loaded, checked."""
+    from .model import _load_state_checked, create_model
+
+    state, hp = read_checkpoint(ckpt, config)
     model = build(hp) if build else create_model(hp.get("model", "brivl-tiny"), tokenizer=hp.get("tokenizer"))
     sd = {k[len("model.clip."):]: v for k, v in state["state_dict"].items() if k.startswith("model.clip.")}
     own = model.clip.state_dict()
@@ -140,8 +147,6 @@ def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "
     from .data.datamodule import load_manifest, load_view, to_batch
     from .data.emoji import M9
     from .evaluate import evaluate_model
-
-    import torch
 
     manifest = load_manifest(data)
     samples, stats = loaded or load_view(data, view)

@@ -15,23 +15,14 @@ import sys
 from pathlib import Path
 
 from altclip.cli import lightning_main  # LightningCLI, model and data named by class_path in the config
-from brivl.cli import CLIError, run_cli
+from brivl.cli import CLIError, read_checkpoint, run_cli
 
 
 def pipeline_from_checkpoint(ckpt: str, config: str | None = None):
     """The EMA UNet of a training checkpoint (read with ``weights_only=True``) in an AltDiffusionPipeline."""
-    import torch
-    import yaml
-
     from .model import build_pipeline, create_unet, load_text_tower, noise_scheduler, text_width
 
-    if not Path(ckpt).is_file():
-        raise CLIError(f"checkpoint {ckpt} not found")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp = dict(state.get("hyper_parameters", {}))
-    if config:
-        section = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {})
-        hp.update(section.get("init_args", section))
+    state, hp = read_checkpoint(ckpt, config)
     text, tokenizer, ctx = load_text_tower(hp["text_tower"])
     unet = create_unet(hp["unet"], text_width(text))
     sd = {k[len("unet_ema."):]: v for k, v in state["state_dict"].items() if k.startswith("unet_ema.")}
