@@ -240,11 +240,7 @@ def insertion_order_copy(index):
     from index import factory as fx
 
     plain = faiss.clone_index(index)
-    ids = faiss.vector_to_array(plain.id_map)
-    back = np.argsort(ids)  # new row r <- the row holding id r
-    fx.hnsw_of(plain).permute_entries(back)
-    faiss.copy_array_to_vector(np.ascontiguousarray(ids[back]), plain.id_map)
-    plain.construct_rev_map()
+    fx.permute_rows(plain, np.argsort(faiss.vector_to_array(plain.id_map)))  # row r <- the row holding id r
     return plain
 
 

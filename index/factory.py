@@ -243,25 +243,39 @@ def bfs_order(neighbours: np.ndarray, start: int) -> np.ndarray:
         start = int(np.argmin(seen))  # the first row not reached yet
 
 
+def id_mapped_graph(index):
+    """``(the IndexHNSW, the id map vector)`` of an ``IndexIDMap``/``IndexIDMap2`` around HNSW, else None."""
+    import faiss
+
+    id_map = getattr(index, "id_map", None)
+    inner = faiss.downcast_index(index.index) if id_map is not None else None
+    return (inner, id_map) if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def permute_rows(index, order: np.ndarray) -> None:
+    """Move row ``order[r]`` of an id-mapped HNSW index to row ``r``: vectors, links and ids together
+    (``IndexHNSW.permute_entries`` + the id map + IDMap2's reverse map), so every result stays the same."""
+    import faiss
+
+    inner, id_map = id_mapped_graph(index)
+    ids = faiss.vector_to_array(id_map)
+    inner.permute_entries(np.ascontiguousarray(order, dtype=np.int64))
+    faiss.copy_array_to_vector(np.ascontiguousarray(ids[order]), id_map)
+    if isinstance(index, faiss.IndexIDMap2):
+        index.construct_rev_map()
+    _GRAPH_IDS.pop(index, None)
+
+
 def reorder_graph(index) -> bool:
     """Renumber the rows of an HNSW index (inside ``IndexIDMap``/``IndexIDMap2``) in breadth-first order
     of its level-0 graph from the entry point, so that a search's next hops mostly lie near each other in
     memory (graph reordering, Coleman et al. 2022, "Graph Reordering for Cache-Efficient Near Neighbor
     Search"). The ids, the links and hence every search result stay the same; only where the vectors
     and their links sit changes. Returns False (and does nothing) for other indexes."""
-    import faiss
-
-    id_map = getattr(index, "id_map", None)
-    inner = faiss.downcast_index(index.index) if id_map is not None else None
-    if not isinstance(inner, faiss.IndexHNSW) or inner.ntotal < 2:
+    found = id_mapped_graph(index)
+    if found is None or found[0].ntotal < 2:
         return False
-    order = bfs_order(graph_neighbours(inner), int(inner.hnsw.entry_point))  # order[new row] = old row
-    ids = faiss.vector_to_array(id_map)
-    inner.permute_entries(order)
-    faiss.copy_array_to_vector(np.ascontiguousarray(ids[order]), id_map)
-    if isinstance(index, faiss.IndexIDMap2):
-        index.construct_rev_map()
-    _GRAPH_IDS.pop(index, None)
+    permute_rows(index, bfs_order(graph_neighbours(found[0]), int(found[0].hnsw.entry_point)))
     return True
 
 
@@ -370,9 +384,9 @@ def _graph_and_ids(index):
         return None
     if cached is not None and len(cached[1]) == cached[0].ntotal + 1:
         return cached
-    id_map = getattr(index, "id_map", None)
-    inner = faiss.downcast_index(index.index) if id_map is not None else None
-    if isinstance(inner, faiss.IndexHNSW):
+    found = id_mapped_graph(index)
+    if found is not None:
+        inner, id_map = found
         cached = (inner, np.append(faiss.vector_to_array(id_map).astype(np.int64, copy=False), np.int64(-1)))
     else:
         cached = _NOT_GRAPH
