@@ -4,6 +4,7 @@
     python -m diffusion export --ckpt runs/altdiffusion-emoji/version_0/checkpoints/last.ckpt \\
         --config runs/altdiffusion-emoji/version_0/config.yaml --out models/altdiffusion-emoji
     python -m diffusion generate --model models/altdiffusion-emoji "一只猫" "a red heart" --out grid.png
+    python -m diffusion eval --model models/altdiffusion-emoji --judge models/brivl-emoji --data data/emoji
 
 ``export`` writes a diffusers folder (``model_index.json``, ``text_encoder/``, ``tokenizer/``, ``unet/``
 with the EMA weights, ``scheduler/`` DDIM) that ``AltDiffusionPipeline.from_pretrained`` loads.
@@ -79,6 +80,30 @@ def image_grid(images, rows: int, cols: int, scale: int = 1):
     return grid
 
 
+def cmd_eval(a) -> None:
+    from brivl.data.datamodule import load_view, to_batch
+    from brivl.data.emoji import M9
+    from brivl.data.shards import atomic_write_json
+    from brivl.model import create_model
+
+    from .evaluate import format_generation_table, generation_recall, pick_concepts
+    from .pipeline_alt_diffusion import AltDiffusionPipeline
+
+    pipe = AltDiffusionPipeline.from_pretrained(a.model)
+    pipe.set_progress_bar_config(disable=True)
+    judge = create_model(a.judge).eval()
+    gallery, _ = load_view(a.data, "closed")
+    images = to_batch(gallery, judge.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # real renders in [0, 1]
+    concepts = pick_concepts(load_view(a.data, a.split)[0], a.n, a.seed)
+    result = generation_recall(pipe, judge, images, [s["key"] for s in gallery], concepts, a.langs or list(M9),
+                               a.steps, a.guidance, a.seed)
+    result.update(model=a.model, judge=a.judge, split=a.split)
+    print(format_generation_table(result))
+    if a.out:
+        atomic_write_json(a.out, result)
+        print(f"-> {a.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m diffusion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
     g.set_defaults(func=cmd_generate)
+    v = sub.add_parser("eval", help="generation retrieval: generated images vs the real renders, judged by a dual tower")
+    v.add_argument("--model", default="models/altdiffusion-emoji")
+    v.add_argument("--judge", default="models/brivl-emoji", help="the dual tower that embeds images")
+    v.add_argument("--data", default="data/emoji")
+    v.add_argument("--split", default="train", help="where the concepts come from (train: seen in training)")
+    v.add_argument("--n", type=int, default=30, help="concepts per language")
+    v.add_argument("--langs", nargs="+", default=None)
+    v.add_argument("--steps", type=int, default=50)
+    v.add_argument("--guidance", type=float, default=7.5)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", default=None, help="write the result as JSON here")
+    v.set_defaults(func=cmd_eval)
     return p
 
 

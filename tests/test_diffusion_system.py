@@ -1,7 +1,7 @@
 """diffusion.system / diffusion.cli: the denoising loss, EMA, caption dropout, the cross-attention-only stage,
 and a tiny fit -> export -> generate run through the CLI."""
+import json
 import math
-import random
 
 import numpy as np
 import pytest
@@ -113,5 +113,55 @@ def test_fit_export_generate(tmp_path, emoji_small):
     from PIL import Image
 
     assert Image.open(grid).size == (3 * 32, 2 * 32)
+    res = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(out), "--judge", str(REPO / "models" / "brivl-emoji"), "--data", str(emoji_small),
+                 "--n", "3", "--langs", "en", "zh", "--steps", "2", "--out", str(res)]) == 0
+    got = json.loads(res.read_text())
+    assert set(got["languages"]) == {"en", "zh"} and got["shuffled_en"]["n"] == 3 and got["split"] == "train"
     assert main(["generate", "--model", str(tmp_path), "cat"]) == 2  # not a pipeline folder: one line, exit 2
     assert main(["export", "--ckpt", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x")]) == 2
+
+
+class _RenderPipe:
+    """A stand-in generator that 'draws' the real render of whatever concept a prompt names."""
+
+    def __init__(self, renders: dict):
+        self.renders = renders  # prompt -> (3, H, W) in [0, 1]
+
+    def __call__(self, prompts, output_type="pt", **kw):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(images=torch.stack([self.renders[p] for p in prompts]))
+
+
+def test_generation_recall_against_brute_force(emoji_small):
+    """With a generator that returns the asked concept's real render, every language finds it at rank 1;
+    the shuffled-prompt control (concept i drawn from concept i+1's name) equals a brute-force ranking."""
+    from brivl.data.datamodule import load_view, to_batch
+    from brivl.model import create_model
+    from diffusion.evaluate import format_generation_table, generation_recall, judge_embed, pick_concepts
+
+    judge = create_model(str(REPO / "models" / "brivl-emoji")).eval()
+    gallery, _ = load_view(emoji_small, "closed")
+    images = to_batch(gallery, judge.image_size, (0.0,) * 3, (1.0,) * 3)
+    keys = [s["key"] for s in gallery]
+    concepts = pick_concepts(load_view(emoji_small, "train")[0], 12, seed=0)
+    assert [c["key"] for c in concepts] == [c["key"] for c in pick_concepts(load_view(emoji_small, "train")[0], 12, 0)]
+    by_key = dict(zip(keys, images))
+    renders = {c["meta"]["captions"][lang][0]: by_key[c["key"]] for c in concepts for lang in c["meta"]["captions"]}
+    res = generation_recall(_RenderPipe(renders), judge, images, keys, concepts, ["en", "zh", "ja"], ks=(1, 5))
+    for lang, r in res["languages"].items():
+        assert r["R@1"] == 1.0 and r["n"] == sum(1 for c in concepts if c["meta"]["captions"].get(lang))
+    emb = judge_embed(judge, images).numpy()
+    en = [c for c in concepts if c["meta"]["captions"].get("en")]
+    hits = {1: 0, 5: 0}
+    for i, c in enumerate(en):
+        drawn = emb[keys.index(en[(i + 1) % len(en)]["key"])]
+        order = np.argsort(-(emb @ drawn), kind="stable")
+        rank = list(order).index(keys.index(c["key"]))
+        for k in hits:
+            hits[k] += rank < k
+    assert res["shuffled_en"]["R@1"] == pytest.approx(hits[1] / len(en))
+    assert res["shuffled_en"]["R@5"] == pytest.approx(hits[5] / len(en))
+    assert res["chance"]["R@5"] == pytest.approx(5 / len(keys))
+    assert "shuffled" in format_generation_table(res)
