@@ -6,6 +6,7 @@ import tarfile
 import zlib
 
 import pytest
+import torch
 from PIL import Image
 
 from brivl.data.shards import DecodeStats, ShardWriter, iter_samples, iter_tar
@@ -86,3 +87,23 @@ def test_header_claiming_huge_size_is_skipped_not_fatal(tmp_path):
     stats = DecodeStats()
     assert [s["key"] for s in iter_samples([shard], stats)] == ["b"]
     assert stats.skipped == {"corrupt image (DecompressionBombError)": 1}
+
+
+def test_train_batches_follow_scale_and_background_settings(emoji_small):
+    """ShardDataModule: scale_min 1 and bg_min 255 give full-size emoji on pure white (the diffusion
+    config); the defaults tint the background (channels drawn from [180, 255])."""
+    from brivl.data.datamodule import ShardDataModule
+
+    def corners(**kw):
+        dm = ShardDataModule(data_dir=str(emoji_small), batch_size=16, num_workers=0, shuffle_buffer=20, **kw)
+        dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["images"].shape == (16, 3, 32, 32) and len(batch["texts"][0]) == 16
+        x = batch["images"] * 0.5 + 0.5  # back to [0, 1]
+        return torch.stack([x[:, :, 0, 0], x[:, :, 0, -1], x[:, :, -1, 0], x[:, :, -1, -1]])  # (4, B, 3)
+
+    def white_share(c):  # corners that are pure white (an emoji may itself reach a corner)
+        return (c > 1 - 1e-6).all(-1).float().mean().item()
+
+    assert white_share(corners(scale_min=1.0, bg_min=255)) >= 0.75
+    assert white_share(corners()) <= 0.1  # tinted: all three channels 255 has odds (1/76)^3

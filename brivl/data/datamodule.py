@@ -207,6 +207,9 @@ def view_loader(data_dir: str, view: str, size: int, mean, std) -> torch.utils.d
 class ShardDataModule(pl.LightningDataModule):
     """WebDataset shards -> augmented (image, caption) batches; a whole view for validation.
 
+    Augmentation: each emoji scaled by a factor in [``scale_min``, 1] and placed at random on a light
+    background whose channels are drawn from [``bg_min``, 255] (255: always white).
+
     ``image_size``/``mean``/``std`` are set from the model by the system (``configure_preprocess``).
     """
 
@@ -223,6 +226,7 @@ class ShardDataModule(pl.LightningDataModule):
         max_keywords: int = 3,
         captions_per_image: int = 1,
         scale_min: float = 0.6,
+        bg_min: int = 180,
         shuffle_buffer: int = 2000,
         epoch_samples: int | None = None,
         seed: int = 0,
@@ -247,7 +251,7 @@ class ShardDataModule(pl.LightningDataModule):
         n = hp.epoch_samples or sum(manifest["splits"][s]["count"] for s in view_splits(manifest, hp.train_view))
         workers = max(1, hp.num_workers)
         batches_per_worker = max(1, n // (hp.batch_size * workers))
-        fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0)),
+        fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0), hp.bg_min),
                        CaptionSampler(hp.langs, hp.name_prob, hp.max_keywords, hp.captions_per_image), hp.seed)
         ds = (
             wds.WebDataset(urls, resampled=True, shardshuffle=False,
