@@ -4,13 +4,15 @@ For ``n`` emoji concepts of a split and each language, the prompt is the concept
 one image is generated per prompt. A judge dual tower (``models/brivl-emoji``, trained independently of
 the generator) embeds the generated images and the real renders of the whole closed world (every emoji),
 and the generation counts as found at k when the real render of its own concept is among its k nearest
-renders (image -> image, cosine; :func:`brivl.evaluate.recall_at_k`). Controls in the same run: the
+renders (image -> image, cosine; :func:`brivl.evaluate.recall_at_k`); the median rank of that render
+(1 = nearest) is the coarser signal that a weak generator still shows. Controls in the same run: the
 same concepts generated from *shuffled* prompts (another concept's name; near chance if the model
 follows its text) and chance itself (k / gallery size).
 """
 from __future__ import annotations
 
 import random
+import statistics
 from typing import Sequence
 
 import torch
@@ -60,9 +62,13 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
 
     def score(prompts: list[str], keys: list[str], base_seed: int) -> dict:
         emb = judge_embed(judge, generate(pipe, prompts, steps, guidance, base_seed, batch))  # (N, D)
+        scores = emb @ gallery.T  # (N, G)
+        own = torch.tensor([col[k] for k in keys])
         positives = torch.zeros(len(keys), len(gallery_keys), dtype=torch.bool)
-        positives[torch.arange(len(keys)), torch.tensor([col[k] for k in keys])] = True
-        return {**recall_at_k(emb @ gallery.T, positives, ks), "n": len(keys)}
+        positives[torch.arange(len(keys)), own] = True
+        rank = (scores > scores[torch.arange(len(keys)), own][:, None]).sum(1) + 1  # 1 = nearest
+        return {**recall_at_k(scores, positives, ks), "median_rank": float(statistics.median(rank.tolist())),
+                "n": len(keys)}
 
     result = {"languages": {}, "steps": steps, "guidance": guidance, "gallery": len(gallery_keys)}
     for lang in langs:
@@ -73,16 +79,19 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
     en = [c for c in concepts if (c["meta"].get("captions") or {}).get("en")]
     shift = [en[(i + 1) % len(en)] for i in range(len(en))]  # each concept gets the next one's name
     result["shuffled_en"] = score([c["meta"]["captions"]["en"][0] for c in shift], [c["key"] for c in en], seed)
-    result["chance"] = {f"R@{k}": min(1.0, k / len(gallery_keys)) for k in ks}
+    result["chance"] = {**{f"R@{k}": min(1.0, k / len(gallery_keys)) for k in ks},
+                        "median_rank": (len(gallery_keys) + 1) / 2}
     return result
 
 
 def format_generation_table(result: dict) -> str:
     ks = [k for k in next(iter(result["languages"].values())) if k.startswith("R@")]
-    lines = ["| generation -> real render | " + " | ".join(ks) + " | n |", "|---|" + "---|" * (len(ks) + 1)]
-    for lang, r in result["languages"].items():
-        lines.append(f"| {lang} | " + " | ".join(f"{r[k]:.3f}" for k in ks) + f" | {r['n']} |")
-    sh = result["shuffled_en"]
-    lines.append("| en, shuffled prompts | " + " | ".join(f"{sh[k]:.3f}" for k in ks) + f" | {sh['n']} |")
-    lines.append("| chance | " + " | ".join(f"{result['chance'][k]:.3f}" for k in ks) + f" | {result['gallery']} |")
+    head = "| generation -> real render | " + " | ".join(ks) + " | median rank | n |"
+    lines = [head, "|---|" + "---|" * (len(ks) + 2)]
+    rows = [*result["languages"].items(), ("en, shuffled prompts", result["shuffled_en"])]
+    for name, r in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in ks) + f" | {r['median_rank']:g} | {r['n']} |")
+    ch = result["chance"]
+    lines.append("| chance | " + " | ".join(f"{ch[k]:.3f}" for k in ks) + f" | {ch['median_rank']:g} | "
+                 f"{result['gallery']} |")
     return "\n".join(lines)

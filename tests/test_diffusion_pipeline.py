@@ -177,3 +177,15 @@ def test_reads_the_released_altdiffusion_layout_and_matches_diffusers(tmp_path):
                    output_type="np").images
     assert got.shape == want.shape == (1, 16, 16, 3)
     assert np.allclose(got, want, atol=1e-5)
+
+
+def test_shipped_altdiffusion_model_loads_and_generates():
+    folder = REPO / "models" / "altdiffusion-emoji"
+    pipe = AltDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae is None and pipe.unet.config.cross_attention_dim == 128 and pipe.config.tokenizer_max_length == 24
+    a = pipe("桜", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    b = pipe("桜", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert a.shape == (1, 32, 32, 3) and np.isfinite(a).all() and np.array_equal(a, b)
+    ev = json.loads((folder / "eval.json").read_text())
+    assert set(ev) == {"train", "val"} and len(ev["train"]["languages"]) == 9

@@ -154,13 +154,16 @@ def test_generation_recall_against_brute_force(emoji_small):
         assert r["R@1"] == 1.0 and r["n"] == sum(1 for c in concepts if c["meta"]["captions"].get(lang))
     emb = judge_embed(judge, images).numpy()
     en = [c for c in concepts if c["meta"]["captions"].get("en")]
-    hits = {1: 0, 5: 0}
+    hits, ranks = {1: 0, 5: 0}, []
     for i, c in enumerate(en):
         drawn = emb[keys.index(en[(i + 1) % len(en)]["key"])]
         order = np.argsort(-(emb @ drawn), kind="stable")
         rank = list(order).index(keys.index(c["key"]))
+        ranks.append(rank + 1)
         for k in hits:
             hits[k] += rank < k
+    assert res["shuffled_en"]["median_rank"] == pytest.approx(float(np.median(ranks)))
+    assert all(r["median_rank"] == 1.0 for r in res["languages"].values())
     assert res["shuffled_en"]["R@1"] == pytest.approx(hits[1] / len(en))
     assert res["shuffled_en"]["R@5"] == pytest.approx(hits[5] / len(en))
     assert res["chance"]["R@5"] == pytest.approx(5 / len(keys))
