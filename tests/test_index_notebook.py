@@ -1,19 +1,11 @@
 """notebooks/01_search.ipynb runs headless (nbclient) on the small emoji set, into a temp folder."""
-import nbformat
-from nbclient import NotebookClient
-
-from conftest import REPO
+from conftest import run_notebook
 
 
 def test_search_notebook_executes(emoji_small, tmp_path, monkeypatch):
     monkeypatch.setenv("INDEX_NB_DATA", str(emoji_small))
     monkeypatch.setenv("INDEX_NB_WORK", str(tmp_path))
-    nb = nbformat.read(REPO / "notebooks" / "01_search.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    text = "".join(o.get("text", "") for o in outputs)
+    outputs, text = run_notebook("01_search.ipynb")
     for lang in ("en", "zh", "es", "fr", "ru", "ar", "ja", "ko", "it"):
         assert f"[{lang}]" in text
     assert "wall time of the whole command" in text and "text encoder" in text

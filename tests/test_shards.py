@@ -89,21 +89,27 @@ def test_header_claiming_huge_size_is_skipped_not_fatal(tmp_path):
     assert stats.skipped == {"corrupt image (DecompressionBombError)": 1}
 
 
-def test_train_batches_follow_scale_and_background_settings(emoji_small):
-    """ShardDataModule: scale_min 1 and bg_min 255 give full-size emoji on pure white (the diffusion
-    config); the defaults tint the background (channels drawn from [180, 255])."""
-    from brivl.data.datamodule import ShardDataModule
+def test_train_augment_background_and_its_datamodule_setting(emoji_small, monkeypatch):
+    """TrainAugment paints the background white with bg_min 255 and a light tint (channels in [180, 255])
+    by default; ShardDataModule passes its scale_min / bg_min through (the diffusion config sets 255)."""
+    import random
 
-    def corners(**kw):
-        dm = ShardDataModule(data_dir=str(emoji_small), batch_size=16, num_workers=0, shuffle_buffer=20, **kw)
-        dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
-        batch = next(iter(dm.train_dataloader()))
-        assert batch["images"].shape == (16, 3, 32, 32) and len(batch["texts"][0]) == 16
-        x = batch["images"] * 0.5 + 0.5  # back to [0, 1]
-        return torch.stack([x[:, :, 0, 0], x[:, :, 0, -1], x[:, :, -1, 0], x[:, :, -1, -1]])  # (4, B, 3)
+    from brivl.data import datamodule as dmod
 
-    def white_share(c):  # corners that are pure white (an emoji may itself reach a corner)
-        return (c > 1 - 1e-6).all(-1).float().mean().item()
+    blank = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # all background
+    rng = random.Random(0)
+    white = dmod.TrainAugment(32, (0.5,) * 3, (0.5,) * 3, (1.0, 1.0), bg_min=255)(blank, rng) * 0.5 + 0.5
+    assert white.shape == (3, 32, 32) and torch.allclose(white, torch.ones_like(white))
+    tinted = dmod.TrainAugment(32, (0.5,) * 3, (0.5,) * 3, (1.0, 1.0))(blank, rng) * 0.5 + 0.5
+    colour = tinted[:, 0, 0]
+    assert torch.allclose(tinted, colour[:, None, None].expand_as(tinted))  # one flat tint
+    assert colour.min() >= 180 / 255 - 1e-6 and not torch.allclose(colour, torch.ones(3))
 
-    assert white_share(corners(scale_min=1.0, bg_min=255)) >= 0.75
-    assert white_share(corners()) <= 0.1  # tinted: all three channels 255 has odds (1/76)^3
+    made = []
+    real = dmod.TrainAugment
+    monkeypatch.setattr(dmod, "TrainAugment", lambda *a, **kw: made.append((a, kw)) or real(*a, **kw))
+    dm = dmod.ShardDataModule(data_dir=str(emoji_small), batch_size=4, num_workers=0, scale_min=1.0, bg_min=255)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (4, 3, 32, 32)
+    args, kw = made[-1]
+    assert args[3] == (1.0, 1.0) and (kw.get("bg_min", args[4] if len(args) > 4 else None)) == 255
