@@ -48,15 +48,20 @@ def cmd_export(a) -> None:
     print(f"exported {a.ckpt} -> {out}")
 
 
+def load_pipeline(folder: str):
+    """An exported pipeline folder, or a one-line error that says how to make one."""
+    from .pipeline_alt_diffusion import AltDiffusionPipeline
+
+    if not (Path(folder) / "model_index.json").is_file():
+        raise CLIError(f"{folder} is not a pipeline folder (no model_index.json): export one with "
+                       "`python -m diffusion export`")
+    return AltDiffusionPipeline.from_pretrained(folder)
+
+
 def cmd_generate(a) -> None:
     import torch
 
-    from .pipeline_alt_diffusion import AltDiffusionPipeline
-
-    if not (Path(a.model) / "model_index.json").is_file():
-        raise CLIError(f"{a.model} is not a pipeline folder (no model_index.json): export one with "
-                       "`python -m diffusion export`")
-    pipe = AltDiffusionPipeline.from_pretrained(a.model)
+    pipe = load_pipeline(a.model)
     prompts = list(a.prompt)
     gens = [torch.Generator().manual_seed(a.seed + i) for i in range(len(prompts) * a.per_prompt)]
     images = pipe(prompts, num_inference_steps=a.steps, guidance_scale=a.guidance, num_images_per_prompt=a.per_prompt,
@@ -87,10 +92,11 @@ def cmd_eval(a) -> None:
     from brivl.model import create_model
 
     from .evaluate import format_generation_table, generation_recall, pick_concepts
-    from .pipeline_alt_diffusion import AltDiffusionPipeline
 
-    pipe = AltDiffusionPipeline.from_pretrained(a.model)
-    pipe.set_progress_bar_config(disable=True)
+    if a.n < 1 or a.steps < 1:
+        raise CLIError(f"--n and --steps must be >= 1 (got --n {a.n}, --steps {a.steps})")
+    pipe = load_pipeline(a.model)
+    pipe.set_progress_bar_config(disable=True)  # one bar over the prompt sets instead (generation_recall)
     judge = create_model(a.judge).eval()
     gallery, _ = load_view(a.data, "closed")
     images = to_batch(gallery, judge.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # real renders in [0, 1]

@@ -46,12 +46,14 @@ def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, b
 
 def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: list[str], concepts: list[dict],
                       langs: Sequence[str], steps: int = 50, guidance: float = 7.5, seed: int = 0,
-                      batch: int = 64, ks: Sequence[int] = (1, 10)) -> dict:
+                      batch: int = 64, ks: Sequence[int] = (1, 10), progress: bool = True) -> dict:
     """R@k of generations among the real renders, per language, plus the shuffled-prompt control.
 
     ``gallery_images``: the real renders in [0, 1] ``(G, 3, H, W)`` with their ``gallery_keys``;
     ``concepts``: samples (``key``, ``meta``) to generate. A language is scored on the concepts that have
     a name in it."""
+    from tqdm.auto import tqdm
+
     from brivl.evaluate import recall_at_k
 
     gallery = judge_embed(judge, gallery_images)  # (G, D)
@@ -59,6 +61,8 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
     missing = [c["key"] for c in concepts if c["key"] not in col]
     if missing:
         raise ValueError(f"concepts {missing[:3]} are not in the gallery: the gallery must hold every concept")
+
+    bar = tqdm(total=len(langs) + 1, desc="generate + judge", unit="prompt set", disable=not progress)
 
     def score(prompts: list[str], keys: list[str], base_seed: int) -> dict:
         emb = judge_embed(judge, generate(pipe, prompts, steps, guidance, base_seed, batch))  # (N, D)
@@ -76,9 +80,12 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
         if named:
             result["languages"][lang] = score([c["meta"]["captions"][lang][0] for c in named],
                                               [c["key"] for c in named], seed)
+        bar.update()
     en = [c for c in concepts if (c["meta"].get("captions") or {}).get("en")]
     shift = [en[(i + 1) % len(en)] for i in range(len(en))]  # each concept gets the next one's name
     result["shuffled_en"] = score([c["meta"]["captions"]["en"][0] for c in shift], [c["key"] for c in en], seed)
+    bar.update()
+    bar.close()
     result["chance"] = {**{f"R@{k}": min(1.0, k / len(gallery_keys)) for k in ks},
                         "median_rank": (len(gallery_keys) + 1) / 2}
     return result

@@ -78,6 +78,5 @@ def build_pipeline(text_encoder, tokenizer, unet, scheduler_config, tokenizer_ma
 
     from .pipeline_alt_diffusion import AltDiffusionPipeline
 
-    pipe = AltDiffusionPipeline(text_encoder, tokenizer, unet, DDIMScheduler.from_config(scheduler_config), vae=vae,
+    return AltDiffusionPipeline(text_encoder, tokenizer, unet, DDIMScheduler.from_config(scheduler_config), vae=vae,
                                 tokenizer_max_length=tokenizer_max_length)
-    return pipe

@@ -28,6 +28,14 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
+def encode_texts(tokenizer, text_encoder, texts: list[str], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> the tower's projected per-token states ``(B, L, D)`` and the attention mask ``(B, L)``,
+    padded and truncated to ``max_length`` (what the UNet cross-attends to, in training and sampling)."""
+    tok = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
+    return token_states(text_encoder, ids, mask), mask
+
+
 def token_states(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The projected per-token states ``(B, L, D)`` the UNet cross-attends to: the first output of both
     AltCLIP text towers (``AltCLIPTextModel.last_hidden_state`` is ``transformation(pre_LN(h))``;
@@ -123,12 +131,6 @@ class AltDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
         return list(prompts)
 
-    def tokenize(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ids and attention mask ``(B, L)``, padded and truncated to ``tokenizer_max_length``."""
-        tok = self.tokenizer(list(texts), padding="max_length", max_length=self.config.tokenizer_max_length,
-                             truncation=True, return_tensors="pt")
-        return tok.input_ids.to(device), tok.attention_mask.to(device)
-
     @torch.no_grad()
     def encode_prompt(self, prompt: list[str], device, num_images_per_prompt: int = 1,
                       do_classifier_free_guidance: bool = True, negative_prompt=None):
@@ -139,8 +141,8 @@ class AltDiffusionPipeline(DiffusionPipeline):
             neg = negative_prompt if negative_prompt is not None else ""
             neg = [neg] * len(texts) if isinstance(neg, str) else list(neg) * (len(texts) // len(neg))
             texts = neg + texts
-        ids, mask = self.tokenize(texts, device)  # (B', L)
-        states = token_states(self.text_encoder, ids, mask)  # (B', L, D)
+        states, mask = encode_texts(self.tokenizer, self.text_encoder, texts, self.config.tokenizer_max_length,
+                                    device)  # (B', L, D), (B', L)
         states = states.to(self.unet.dtype).repeat_interleave(num_images_per_prompt, dim=0)
         return states, mask.repeat_interleave(num_images_per_prompt, dim=0)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import create_unet, load_text_tower, noise_scheduler, text_width
-from .pipeline_alt_diffusion import token_states
+from .pipeline_alt_diffusion import encode_texts
 
 TRAINABLE = ("all", "cross_attention")
 
@@ -66,10 +66,7 @@ class AltDiffusionSystem(pl.LightningModule):
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token states ``(B, L, D)`` and mask ``(B, L)`` of the frozen tower."""
-        tok = self.tokenizer(list(texts), padding="max_length", max_length=self.context_length, truncation=True,
-                             return_tensors="pt")
-        ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
-        return token_states(self.text_encoder, ids, mask), mask
+        return encode_texts(self.tokenizer, self.text_encoder, texts, self.context_length, self.device)
 
     def drop_captions(self, texts: list[str]) -> list[str]:
         """Each caption replaced by the empty prompt with probability ``caption_dropout``."""

@@ -119,6 +119,8 @@ def test_fit_export_generate(tmp_path, emoji_small):
     got = json.loads(res.read_text())
     assert set(got["languages"]) == {"en", "zh"} and got["shuffled_en"]["n"] == 3 and got["split"] == "train"
     assert main(["generate", "--model", str(tmp_path), "cat"]) == 2  # not a pipeline folder: one line, exit 2
+    assert main(["eval", "--model", str(tmp_path)]) == 2
+    assert main(["eval", "--model", str(out), "--n", "0"]) == 2
     assert main(["export", "--ckpt", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x")]) == 2
 
 
