@@ -30,15 +30,30 @@ def pipeline_from_checkpoint(ckpt: str, config: str | None = None):
     missing, unexpected = unet.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise CLIError(f"{ckpt} does not fit the UNet {hp['unet']!r}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    sched = noise_scheduler(hp["num_train_timesteps"], hp["beta_schedule"])
+    sched = noise_scheduler(hp["num_train_timesteps"], hp["beta_schedule"], hp.get("prediction_type", "epsilon"))
     return build_pipeline(text, tokenizer, unet.eval(), sched.config, ctx), hp
+
+
+def resume_files(state: dict, hp: dict, pipe, config: str | None) -> dict:
+    """``training_state.*`` for the exported folder: the online UNet and the history of the run's legs."""
+    from .resume import fingerprint, training_state_files
+
+    online = {k[len("unet."):]: v for k, v in state["state_dict"].items() if k.startswith("unet.")}
+    saved = state.get("altdiffusion") or {}
+    fp = fingerprint(pipe.unet.config, hp["text_tower"], hp.get("prediction_type", "epsilon"),
+                     hp["num_train_timesteps"], hp["beta_schedule"])
+    steps = int(state.get("global_step", 0))
+    leg = {"config": config or "", "init_from": hp.get("init_from") or ""}
+    return training_state_files(online, fp, saved.get("before") or {}, steps, int(saved.get("samples_seen", 0)), leg)
 
 
 def cmd_export(a) -> None:
     from brivl.data.shards import write_folder_atomically
 
     pipe, hp = pipeline_from_checkpoint(a.ckpt, a.config)
-    extra = {"trained_with.json": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, list))}}
+    state, _ = read_checkpoint(a.ckpt, a.config)
+    extra = {"trained_with.json": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, list))},
+             **resume_files(state, hp, pipe, a.config)}
     if a.config:
         extra["config.yaml"] = Path(a.config).read_text()
         curve = Path(a.config).with_name("loss_curve.png")
@@ -48,20 +63,27 @@ def cmd_export(a) -> None:
     print(f"exported {a.ckpt} -> {out}")
 
 
-def load_pipeline(folder: str):
-    """An exported pipeline folder, or a one-line error that says how to make one."""
+def load_pipeline(folder: str, scheduler: str | None = None):
+    """An exported pipeline folder (with ``scheduler`` swapped in), or a one-line error that says how to make one."""
+    from .model import set_scheduler
     from .pipeline_alt_diffusion import AltDiffusionPipeline
 
     if not (Path(folder) / "model_index.json").is_file():
         raise CLIError(f"{folder} is not a pipeline folder (no model_index.json): export one with "
                        "`python -m diffusion export`")
-    return AltDiffusionPipeline.from_pretrained(folder)
+    try:
+        pipe = AltDiffusionPipeline.from_pretrained(folder)
+        return set_scheduler(pipe, scheduler) if scheduler else pipe
+    except ValueError as e:  # a text tower that does not fit the UNet, an unknown scheduler
+        raise CLIError(f"{folder}: {e}") from None
 
 
 def cmd_generate(a) -> None:
     import torch
 
-    pipe = load_pipeline(a.model)
+    if a.steps < 1 or a.per_prompt < 1:
+        raise CLIError(f"--steps and --per-prompt must be >= 1 (got {a.steps}, {a.per_prompt})")
+    pipe = load_pipeline(a.model, a.scheduler)
     prompts = list(a.prompt)
     gens = [torch.Generator().manual_seed(a.seed + i) for i in range(len(prompts) * a.per_prompt)]
     images = pipe(prompts, num_inference_steps=a.steps, guidance_scale=a.guidance, num_images_per_prompt=a.per_prompt,
@@ -86,28 +108,49 @@ def image_grid(images, rows: int, cols: int, scale: int = 1):
 
 
 def cmd_eval(a) -> None:
+    import json
+
     from brivl.data.datamodule import load_view, to_batch
-    from brivl.data.emoji import M9
+    from brivl.data.emoji import M9, emoji_categories
     from brivl.data.shards import atomic_write_json
     from brivl.model import create_model
 
-    from .evaluate import format_generation_table, generation_recall, pick_concepts
+    from .evaluate import (cross_lingual_consistency, format_consistency_table, format_generation_table,
+                           generation_recall, pick_concepts)
 
-    if a.n < 1 or a.steps < 1:
-        raise CLIError(f"--n and --steps must be >= 1 (got --n {a.n}, --steps {a.steps})")
-    pipe = load_pipeline(a.model)
+    if a.n < 1 or a.steps < 1 or a.consistency < 0:
+        raise CLIError(f"--n and --steps must be >= 1 and --consistency >= 0 (got {a.n}, {a.steps}, {a.consistency})")
+    if any(g < 0 for g in a.guidance):
+        raise CLIError(f"--guidance must be >= 0, got {a.guidance}")
+    pipe = load_pipeline(a.model, a.scheduler)
     pipe.set_progress_bar_config(disable=True)  # one bar over the prompt sets instead (generation_recall)
     judge = create_model(a.judge).eval()
     gallery, _ = load_view(a.data, "closed")
     images = to_batch(gallery, judge.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # real renders in [0, 1]
+    keys = [s["key"] for s in gallery]
+    train_keys = [s["key"] for s in gallery if s["meta"].get("split") == "train"]
     concepts = pick_concepts(load_view(a.data, a.split)[0], a.n, a.seed)
-    result = generation_recall(pipe, judge, images, [s["key"] for s in gallery], concepts, a.langs or list(M9),
-                               a.steps, a.guidance, a.seed)
-    result.update(model=a.model, judge=a.judge, split=a.split)
-    print(format_generation_table(result))
+    langs = a.langs or list(M9)
+    result = {"model": a.model, "judge": a.judge, "split": a.split, "scheduler": a.scheduler, "steps": a.steps,
+              "by_guidance": {}}
+    for g in a.guidance:
+        result["by_guidance"][f"{g:g}"] = generation_recall(pipe, judge, images, keys, concepts, langs, train_keys,
+                                                            a.steps, g, a.seed, progress=not a.json)
+    if a.consistency:
+        picked = pick_concepts(concepts, a.consistency, a.seed + 1)
+        result["consistency"] = cross_lingual_consistency(pipe, judge, picked, langs, emoji_categories(), a.steps,
+                                                          a.guidance[0], a.seed)
+    if a.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        for g, r in result["by_guidance"].items():
+            print(f"\n{a.split} concepts, {a.scheduler} {a.steps} steps, guidance {g}:\n" + format_generation_table(r))
+        if "consistency" in result:
+            print(f"\nguidance {a.guidance[0]:g}:\n" + format_consistency_table(result["consistency"]))
     if a.out:
         atomic_write_json(a.out, result)
-        print(f"-> {a.out}")
+        if not a.json:
+            print(f"-> {a.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="+")
     g.add_argument("--model", default="models/altdiffusion-emoji")
     g.add_argument("--out", default="runs/generate/grid.png")
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--guidance", type=float, default=3.0)
+    g.add_argument("--scheduler", default="dpm++", help="sampler: ddim, dpm++, ddpm, euler, unipc")
     g.add_argument("--per-prompt", type=int, default=4)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
@@ -136,11 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--judge", default="models/brivl-emoji", help="the dual tower that embeds images")
     v.add_argument("--data", default="data/emoji")
     v.add_argument("--split", default="train", help="where the concepts come from (train: seen in training)")
-    v.add_argument("--n", type=int, default=30, help="concepts per language")
+    v.add_argument("--n", type=int, default=200, help="concepts (all of the split if it has fewer)")
     v.add_argument("--langs", nargs="+", default=None)
-    v.add_argument("--steps", type=int, default=50)
-    v.add_argument("--guidance", type=float, default=7.5)
+    v.add_argument("--steps", type=int, default=25)
+    v.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="one or more scales (a sweep)")
+    v.add_argument("--scheduler", default="dpm++", help="sampler: ddim, dpm++, ddpm, euler, unipc")
+    v.add_argument("--consistency", type=int, default=45,
+                   help="concepts for the cross-lingual consistency run (0: skip)")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--out", default=None, help="write the result as JSON here")
     v.set_defaults(func=cmd_eval)
     return p

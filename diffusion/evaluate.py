@@ -1,16 +1,29 @@
 """Does a generation look like what was asked for? Generation retrieval, judged by a dual tower.
 
 For ``n`` emoji concepts of a split and each language, the prompt is the concept's name in that language;
-one image is generated per prompt. A judge dual tower (``models/brivl-emoji``, trained independently of
-the generator) embeds the generated images and the real renders of the whole closed world (every emoji),
-and the generation counts as found at k when the real render of its own concept is among its k nearest
-renders (image -> image, cosine; :func:`brivl.evaluate.recall_at_k`); the median rank of that render
-(1 = nearest) is the coarser signal that a weak generator still shows. Controls in the same run: the
-same concepts generated from *shuffled* prompts (another concept's name; near chance if the model
-follows its text) and chance itself (k / gallery size).
+one image is generated per (concept, language), each from its own noise (the seed is a hash of the run's
+seed, the concept and the language, so the nine languages are nine independent pieces of evidence). A
+judge dual tower (``models/brivl-emoji``, trained apart from the generator) embeds the generated images
+and the real renders of the whole closed world (every emoji), and the generation counts as found at k
+when the real render of its own concept is among its k nearest renders (image -> image, cosine); the
+median rank of that render (1 = nearest) is the coarser signal a weak generator still shows. Every R@k
+and median comes with a 95% bootstrap interval over the concepts.
+
+Controls and companions in the same run:
+
+* **shuffled prompts**: each concept generated from another concept's name (a seeded derangement, own
+  noise); near chance if the model follows its text;
+* **chance**: k / gallery size, median (G + 1) / 2;
+* **memorization**: for each generation, the judge-space cosine distance to its nearest *training*
+  render and whether that neighbour is the asked-for concept, beside the same distance for the real
+  renders of held-out concepts (what a new emoji in the same style is like);
+* **cross-lingual consistency** (:func:`cross_lingual_consistency`): one concept and one noise prompted
+  in the nine languages, the mean pairwise cosine of the nine images' judge embeddings, against nine
+  different concepts with the same noise; per CLDR emoji category.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import statistics
 from typing import Sequence
@@ -18,87 +31,228 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+KS = (1, 10)
 
-def judge_embed(judge, images: torch.Tensor) -> torch.Tensor:
+
+def judge_embed(judge, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Images in [0, 1] ``(B, 3, H, W)`` -> the judge's normalised image embeddings ``(B, D)``."""
     size, (mean, std) = judge.image_size, judge.image_mean_std
-    x = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        return judge.encode_image(x, normalize=True)
+    out = []
+    for i in range(0, len(images), batch):
+        x = F.interpolate(images[i:i + batch].float(), size=(size, size), mode="bicubic", align_corners=False)
+        x = (x.clamp(0, 1) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        with torch.no_grad():
+            out.append(judge.encode_image(x, normalize=True))
+    return torch.cat(out)
 
 
 def pick_concepts(samples: list[dict], n: int, seed: int) -> list[dict]:
-    """``n`` samples of a split, reproducibly (sorted by key, then a seeded sample)."""
+    """``n`` samples of a split (all of them if it has fewer), reproducibly: sorted by key, then a seeded sample."""
     ordered = sorted(samples, key=lambda s: s["key"])
     return random.Random(seed).sample(ordered, min(n, len(ordered)))
 
 
-def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int) -> torch.Tensor:
-    """One image per prompt, ``(N, 3, H, W)`` in [0, 1]; image i always uses the generator seeded seed + i."""
+def noise_seed(seed: int, *parts: str) -> int:
+    """A 63-bit seed from the run's seed and a tuple of names (concept key, language, control)."""
+    h = hashlib.blake2b("\x1f".join([str(seed), *parts]).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int) -> torch.Tensor:
+    """One image per prompt, ``(N, 3, H, W)`` in [0, 1]; image i starts from the noise of ``seeds[i]``, so an
+    image does not depend on the batch it was generated in."""
     out = []
     for i in range(0, len(prompts), batch):
-        gens = [torch.Generator().manual_seed(seed + j) for j in range(i, min(len(prompts), i + batch))]
+        gens = [torch.Generator().manual_seed(s) for s in seeds[i:i + batch]]
         out.append(pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gens,
                         output_type="pt").images.cpu())
     return torch.cat(out)
 
 
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation of range(n) with no fixed point (n >= 2)."""
+    rng = random.Random(seed)
+    while True:
+        p = list(range(n))
+        rng.shuffle(p)
+        if all(i != j for i, j in enumerate(p)):
+            return p
+
+
+def own_ranks(emb: torch.Tensor, gallery: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Rank (1 = nearest) of each row's own gallery item ``own`` ``(N,)`` among all gallery items by cosine."""
+    scores = emb @ gallery.T  # (N, G)
+    return (scores > scores[torch.arange(len(own)), own][:, None]).sum(1) + 1
+
+
+def bootstrap_ci(values: Sequence[float], stat, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of ``stat(values)``, resampling the values with replacement."""
+    rng = random.Random(seed)
+    vals = list(values)
+    boots = sorted(stat([vals[rng.randrange(len(vals))] for _ in vals]) for _ in range(n_boot))
+    return [boots[int(0.025 * (n_boot - 1))], boots[int(round(0.975 * (n_boot - 1)))]]
+
+
+def rank_summary(ranks: Sequence[int], ks: Sequence[int] = KS, n_boot: int = 1000, seed: int = 0) -> dict:
+    """R@k = fraction of ranks <= k, and the median rank, each with a 95% bootstrap interval over concepts."""
+    ranks = [int(r) for r in ranks]
+    out: dict = {"n": len(ranks)}
+    for k in ks:
+        hits = [float(r <= k) for r in ranks]
+        out[f"R@{k}"] = sum(hits) / len(hits)
+        out[f"R@{k}_ci"] = bootstrap_ci(hits, lambda v: sum(v) / len(v), n_boot, seed)
+    out["median_rank"] = float(statistics.median(ranks))
+    out["median_rank_ci"] = bootstrap_ci(ranks, statistics.median, n_boot, seed)
+    return out
+
+
+def nearest_train(emb: torch.Tensor, train_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine distance to the nearest training render ``(N,)``, its index ``(N,)``)."""
+    sim, idx = (emb @ train_emb.T).max(dim=1)
+    return 1 - sim, idx
+
+
+def memorization(emb: torch.Tensor, keys: list[str], train_emb: torch.Tensor, train_keys: list[str]) -> dict:
+    """Judge-space distance of each generation to its nearest training render, and how often that render is
+    the asked-for concept (possible only for concepts seen in training)."""
+    dist, idx = nearest_train(emb, train_emb)
+    is_own = [train_keys[int(j)] == k for j, k in zip(idx, keys)]
+    return {"nn_distance_median": float(dist.median()), "nn_distance_mean": float(dist.mean()),
+            "nn_is_asked_concept": sum(is_own) / len(is_own), "n": len(keys)}
+
+
 def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: list[str], concepts: list[dict],
-                      langs: Sequence[str], steps: int = 50, guidance: float = 7.5, seed: int = 0,
-                      batch: int = 64, ks: Sequence[int] = (1, 10), progress: bool = True) -> dict:
-    """R@k of generations among the real renders, per language, plus the shuffled-prompt control.
+                      langs: Sequence[str], train_keys: Sequence[str] = (), steps: int = 25, guidance: float = 3.0,
+                      seed: int = 0, batch: int = 100, ks: Sequence[int] = KS, n_boot: int = 1000,
+                      progress: bool = True) -> dict:
+    """R@k and median rank of generations among the real renders, per language, with the shuffled-prompt
+    control, chance and memorization.
 
     ``gallery_images``: the real renders in [0, 1] ``(G, 3, H, W)`` with their ``gallery_keys``;
-    ``concepts``: samples (``key``, ``meta``) to generate. A language is scored on the concepts that have
-    a name in it."""
+    ``concepts``: samples (``key``, ``meta``) to generate; ``train_keys``: the gallery keys the generator was
+    trained on (for memorization). A language is scored on the concepts that have a name in it."""
     from tqdm.auto import tqdm
-
-    from brivl.evaluate import recall_at_k
 
     gallery = judge_embed(judge, gallery_images)  # (G, D)
     col = {k: i for i, k in enumerate(gallery_keys)}
     missing = [c["key"] for c in concepts if c["key"] not in col]
     if missing:
         raise ValueError(f"concepts {missing[:3]} are not in the gallery: the gallery must hold every concept")
-
+    train_cols = [col[k] for k in train_keys if k in col]
+    train_emb, train_list = gallery[train_cols], [gallery_keys[i] for i in train_cols]
     bar = tqdm(total=len(langs) + 1, desc="generate + judge", unit="prompt set", disable=not progress)
+    result: dict = {"languages": {}, "memorization": {}, "steps": steps, "guidance": guidance,
+                    "gallery": len(gallery_keys), "n_concepts": len(concepts)}
 
-    def score(prompts: list[str], keys: list[str], base_seed: int) -> dict:
-        emb = judge_embed(judge, generate(pipe, prompts, steps, guidance, base_seed, batch))  # (N, D)
-        scores = emb @ gallery.T  # (N, G)
-        own = torch.tensor([col[k] for k in keys])
-        positives = torch.zeros(len(keys), len(gallery_keys), dtype=torch.bool)
-        positives[torch.arange(len(keys)), own] = True
-        rank = (scores > scores[torch.arange(len(keys)), own][:, None]).sum(1) + 1  # 1 = nearest
-        return {**recall_at_k(scores, positives, ks), "median_rank": float(statistics.median(rank.tolist())),
-                "n": len(keys)}
+    def run(prompts: list[str], keys: list[str], tag: str) -> tuple[dict, torch.Tensor]:
+        seeds = [noise_seed(seed, k, tag) for k in keys]
+        emb = judge_embed(judge, generate(pipe, prompts, seeds, steps, guidance, batch))  # (N, D)
+        ranks = own_ranks(emb, gallery, torch.tensor([col[k] for k in keys]))
+        return rank_summary(ranks.tolist(), ks, n_boot, seed), emb
 
-    result = {"languages": {}, "steps": steps, "guidance": guidance, "gallery": len(gallery_keys)}
     for lang in langs:
         named = [c for c in concepts if (c["meta"].get("captions") or {}).get(lang)]
         if named:
-            result["languages"][lang] = score([c["meta"]["captions"][lang][0] for c in named],
-                                              [c["key"] for c in named], seed)
+            keys = [c["key"] for c in named]
+            result["languages"][lang], emb = run([c["meta"]["captions"][lang][0] for c in named], keys, lang)
+            if train_cols:
+                result["memorization"][lang] = memorization(emb, keys, train_emb, train_list)
         bar.update()
     en = [c for c in concepts if (c["meta"].get("captions") or {}).get("en")]
-    shift = [en[(i + 1) % len(en)] for i in range(len(en))]  # each concept gets the next one's name
-    result["shuffled_en"] = score([c["meta"]["captions"]["en"][0] for c in shift], [c["key"] for c in en], seed)
+    if len(en) >= 2:
+        perm = derangement(len(en), seed)  # concept i is generated from concept perm[i]'s name
+        result["shuffled_en"], _ = run([en[j]["meta"]["captions"]["en"][0] for j in perm], [c["key"] for c in en],
+                                       "shuffled")
     bar.update()
     bar.close()
     result["chance"] = {**{f"R@{k}": min(1.0, k / len(gallery_keys)) for k in ks},
                         "median_rank": (len(gallery_keys) + 1) / 2}
+    if train_cols:
+        result["memorization"]["reference"] = real_render_reference(gallery, gallery_keys, set(train_keys))
     return result
 
 
+def real_render_reference(gallery: torch.Tensor, gallery_keys: list[str], train_keys: set) -> dict:
+    """The same distance for the real renders of concepts *not* trained on: how far a genuinely new emoji in
+    the same style lies from the nearest training render."""
+    held = [i for i, k in enumerate(gallery_keys) if k not in train_keys]
+    train = [i for i, k in enumerate(gallery_keys) if k in train_keys]
+    if not held or not train:
+        return {}
+    dist, _ = nearest_train(gallery[held], gallery[train])
+    return {"real_heldout_nn_distance_median": float(dist.median()), "n": len(held)}
+
+
+def cross_lingual_consistency(pipe, judge, concepts: list[dict], langs: Sequence[str], categories: dict[str, str],
+                              steps: int = 25, guidance: float = 3.0, seed: int = 0, batch: int = 100) -> dict:
+    """Each concept prompted in every language of ``langs`` from one shared noise: the mean pairwise cosine of
+    the judge embeddings of its images ("same concept"), against groups of as many *different* concepts,
+    one per language, from the same noise ("different concepts"); overall and per category."""
+    named = [c for c in concepts if all((c["meta"].get("captions") or {}).get(lang) for lang in langs)]
+    if len(named) < len(langs):
+        raise ValueError(f"cross-lingual consistency needs at least {len(langs)} concepts named in every language")
+    prompts = [c["meta"]["captions"][lang][0] for c in named for lang in langs]
+    shared = noise_seed(seed, "consistency")
+    emb = judge_embed(judge, generate(pipe, prompts, [shared] * len(prompts), steps, guidance, batch))
+    emb = emb.view(len(named), len(langs), -1)  # (C, L, D)
+    n, m = len(named), len(langs)
+    same = [mean_pairwise_cos(emb[i]) for i in range(n)]
+    # group i of different concepts: concept (i + j * stride) mod n in language j (all distinct)
+    stride = max(1, n // m)
+    diff = [mean_pairwise_cos(torch.stack([emb[(i + j * stride) % n, j] for j in range(m)])) for i in range(n)]
+    out = {"overall": consistency_row(same, diff), "by_category": {}, "languages": list(langs), "steps": steps,
+           "guidance": guidance}
+    by: dict[str, list[int]] = {}
+    for i, c in enumerate(named):
+        by.setdefault(categories.get(c["key"], "other"), []).append(i)
+    for cat, idx in sorted(by.items()):
+        out["by_category"][cat] = consistency_row([same[i] for i in idx], [diff[i] for i in idx])
+    return out
+
+
+def mean_pairwise_cos(x: torch.Tensor) -> float:
+    """Mean cosine over the distinct pairs of rows of normalised ``x`` ``(m, D)``."""
+    sim = x @ x.T
+    m = len(x)
+    return float((sim.sum() - sim.diagonal().sum()) / (m * (m - 1)))
+
+
+def consistency_row(same: list[float], diff: list[float]) -> dict:
+    return {"same_concept": statistics.fmean(same), "different_concepts": statistics.fmean(diff), "n": len(same),
+            "same_concept_ci": bootstrap_ci(same, statistics.fmean) if len(same) > 1 else [same[0], same[0]]}
+
+
 def format_generation_table(result: dict) -> str:
-    ks = [k for k in next(iter(result["languages"].values())) if k.startswith("R@")]
-    head = "| generation -> real render | " + " | ".join(ks) + " | median rank | n |"
-    lines = [head, "|---|" + "---|" * (len(ks) + 2)]
-    rows = [*result["languages"].items(), ("en, shuffled prompts", result["shuffled_en"])]
+    ks = [k for k in next(iter(result["languages"].values())) if k.startswith("R@") and not k.endswith("_ci")]
+    head = ("| generation -> real render | " + " | ".join(f"{k} [95% CI]" for k in ks)
+            + " | median rank [95% CI] | n | NN train dist | NN = asked |")
+    lines = [head, "|---|" + "---|" * (len(ks) + 4)]
+    mem = result.get("memorization", {})
+    rows = [*result["languages"].items()]
+    if "shuffled_en" in result:
+        rows.append(("en, shuffled prompts", result["shuffled_en"]))
     for name, r in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in ks) + f" | {r['median_rank']:g} | {r['n']} |")
+        m = mem.get(name, {})
+        cells = [f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]" for k in ks]
+        lo, hi = r["median_rank_ci"]
+        mcells = [f"{m['nn_distance_median']:.3f}", f"{m['nn_is_asked_concept']:.3f}"] if m else ["", ""]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['median_rank']:g} [{lo:g}, {hi:g}] | {r['n']} | "
+                     + " | ".join(mcells) + " |")
     ch = result["chance"]
     lines.append("| chance | " + " | ".join(f"{ch[k]:.3f}" for k in ks) + f" | {ch['median_rank']:g} | "
-                 f"{result['gallery']} |")
+                 f"{result['gallery']} | | |")
+    ref = mem.get("reference") or {}
+    if ref:
+        lines.append(f"\nNN train dist: judge cosine distance of a generation to its nearest training render (median); "
+                     f"real renders of the {ref['n']} concepts not trained on: {ref['real_heldout_nn_distance_median']:.3f}")
+    return "\n".join(lines)
+
+
+def format_consistency_table(result: dict) -> str:
+    m = len(result["languages"])
+    lines = [f"| cross-lingual consistency (judge cosine) | same concept, {m} languages [95% CI] | {m} different "
+             "concepts | n |", "|---|---|---|---|"]
+    for name, r in [("all", result["overall"]), *result["by_category"].items()]:
+        lo, hi = r["same_concept_ci"]
+        lines.append(f"| {name} | {r['same_concept']:.3f} [{lo:.3f}, {hi:.3f}] | {r['different_concepts']:.3f} | {r['n']} |")
     return "\n".join(lines)

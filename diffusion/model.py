@@ -61,6 +61,8 @@ def create_unet(name_or_path: str, cross_attention_dim: int):
         raise ValueError(f"unknown UNet {name_or_path!r}: give a folder, a JSON file or one of "
                          f"{', '.join(list_unet_configs())}")
     cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+    if cfg.get("class_embed_type") == "projection":  # the pooled text vector (denoiser_inputs)
+        cfg["projection_class_embeddings_input_dim"] = cross_attention_dim
     return UNet2DConditionModel(cross_attention_dim=cross_attention_dim, **cfg)
 
 
@@ -70,6 +72,27 @@ def noise_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_typ
 
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                          prediction_type=prediction_type, clip_sample=True)
+
+
+# sampler name -> (diffusers scheduler class, config overrides); all read the training schedule's config
+SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddpm": ("DDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+def set_scheduler(pipe, name: str):
+    """Swap the pipeline's sampler for ``name`` (one of :data:`SCHEDULERS`), keeping the noise schedule."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
+    cls, overrides = SCHEDULERS[name]
+    pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **overrides)
+    return pipe
 
 
 def build_pipeline(text_encoder, tokenizer, unet, scheduler_config, tokenizer_max_length: int, vae=None):

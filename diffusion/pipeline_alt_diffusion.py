@@ -25,7 +25,10 @@ from typing import Callable
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
+
+logger = logging.get_logger(__name__)
 
 
 def encode_texts(tokenizer, text_encoder, texts: list[str], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +37,17 @@ def encode_texts(tokenizer, text_encoder, texts: list[str], max_length: int, dev
     tok = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
     return token_states(text_encoder, ids, mask), mask
+
+
+def denoiser_inputs(unet, states: torch.Tensor, mask: torch.Tensor) -> dict:
+    """The text inputs of one UNet call, in training and sampling alike: the per-token states and mask for
+    cross-attention and, for a UNet built with ``class_embed_type="projection"``, the pooled text vector
+    ``states[:, 0]`` (the AltCLIP towers' pooled output, the vector their contrastive head projects) added
+    to the timestep embedding, as Imagen and unCLIP add a pooled text embedding."""
+    kwargs = {"encoder_hidden_states": states, "encoder_attention_mask": mask}
+    if getattr(unet.config, "class_embed_type", None) == "projection":
+        kwargs["class_labels"] = states[:, 0]  # (B, D)
+    return kwargs
 
 
 def token_states(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,8 +126,7 @@ class AltDiffusionPipeline(DiffusionPipeline):
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
-        if not all(p.strip() for p in prompts):
-            raise ValueError("prompt is empty: give a text (any of the text tower's languages)")
+        # an empty prompt is allowed: it asks for an unconditional sample (the model was trained with dropped captions)
         if negative_prompt is not None:
             neg = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
             if not isinstance(neg, (list, tuple)) or len(neg) not in (1, len(prompts)):
@@ -137,6 +150,7 @@ class AltDiffusionPipeline(DiffusionPipeline):
         """Per-token text states ``(B*n, L, D)`` and their mask ``(B*n, L)``; with guidance, the negative
         (default: the empty prompt) rows come first: ``(2*B*n, L, D)``."""
         texts = list(prompt)
+        self.warn_if_truncated(texts)
         if do_classifier_free_guidance:
             neg = negative_prompt if negative_prompt is not None else ""
             neg = [neg] * len(texts) if isinstance(neg, str) else list(neg) * (len(texts) // len(neg))
@@ -145,6 +159,15 @@ class AltDiffusionPipeline(DiffusionPipeline):
                                     device)  # (B', L, D), (B', L)
         states = states.to(self.unet.dtype).repeat_interleave(num_images_per_prompt, dim=0)
         return states, mask.repeat_interleave(num_images_per_prompt, dim=0)
+
+    def warn_if_truncated(self, texts: list[str]) -> None:
+        """A warning naming the prompts longer than ``tokenizer_max_length`` tokens (they are cut there)."""
+        limit = self.config.tokenizer_max_length
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False).input_ids]
+        long = [(t, n) for t, n in zip(texts, lengths) if n > limit]
+        if long:
+            logger.warning(f"{len(long)} prompt(s) longer than the text tower's {limit} tokens were truncated to "
+                           f"{limit}, e.g. {long[0][0][:60]!r} ({long[0][1]} tokens)")
 
     def prepare_latents(self, batch_size: int, height: int, width: int, dtype, device, generator=None,
                         latents: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,7 +227,7 @@ class AltDiffusionPipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_in = torch.cat([latents] * 2) if do_cfg else latents  # (2B or B, C, h, w)
             model_in = self.scheduler.scale_model_input(model_in, t)
-            noise = self.unet(model_in, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+            noise = self.unet(model_in, t, **denoiser_inputs(self.unet, states, mask)).sample
             if do_cfg:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)

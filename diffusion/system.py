@@ -1,8 +1,13 @@
 """AltDiffusion training as a LightningModule: denoising loss on image-caption pairs in many languages.
 
 Recipe after AltDiffusion (Ye et al., 2023): the multilingual text tower is frozen; the UNet learns to
-predict the noise added to an image at a random timestep (DDPM, epsilon prediction), cross-attending
-to the tower's per-token states under its attention mask. Captions are dropped (replaced by the empty
+denoise an image at a random timestep, cross-attending to the tower's per-token states under its
+attention mask (and, for a UNet with a projection class embedding, taking the tower's pooled vector
+with the timestep: :func:`~diffusion.pipeline_alt_diffusion.denoiser_inputs`). The target is the added
+noise (``prediction_type="epsilon"``, DDPM) or the velocity ``v = sqrt(abar) eps - sqrt(1 - abar) x0``
+(``"v_prediction"``, Salimans & Ho, 2022); ``min_snr_gamma`` weights each timestep's loss by
+``min(SNR, gamma) / SNR`` (epsilon) or ``min(SNR, gamma) / (SNR + 1)`` (v), Min-SNR-gamma (Hang et al.,
+2023), so the many easy low-noise steps do not dominate. Captions are dropped (replaced by the empty
 prompt) with probability ``caption_dropout`` so the model also learns the unconditional prediction that
 classifier-free guidance needs. An exponential moving average of the UNet (``unet_ema``) is kept and is
 what validation scores and export ships. ``trainable="cross_attention"`` trains only the
@@ -12,6 +17,11 @@ stage for a pretrained UNet; ``"all"`` trains the whole UNet (from scratch, as f
 Batches come from :class:`brivl.data.datamodule.ShardDataModule` (images normalised to [-1, 1]).
 Validation: the denoising loss of the EMA UNet over the whole validation view with fixed noise and
 timesteps spread evenly over the schedule, so it is comparable between steps.
+
+Training in pieces: ``init_from`` names a folder written by ``python -m diffusion export``; its EMA UNet
+and ``training_state.safetensors`` (the online UNet) start this run, so runs of any length, each on a
+fresh machine with only the repository, add up (:mod:`diffusion.resume`). The optimizer's moments are
+not kept (they would triple the committed bytes); ``warmup_steps`` re-warms them.
 """
 from __future__ import annotations
 
@@ -23,19 +33,26 @@ import torch
 import torch.nn.functional as F
 
 from .model import create_unet, load_text_tower, noise_scheduler, text_width
-from .pipeline_alt_diffusion import encode_texts
+from .pipeline_alt_diffusion import denoiser_inputs, encode_texts
+from .resume import fingerprint, load_training_state
 
 TRAINABLE = ("all", "cross_attention")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class AltDiffusionSystem(pl.LightningModule):
     def __init__(self, text_tower: str, unet: str, lr: float, weight_decay: float, warmup_steps: int,
                  caption_dropout: float, ema_decay: float, num_train_timesteps: int, beta_schedule: str,
                  trainable: str = "all", image_size: int | None = None,
-                 val_langs: list[str] | None = None, seed: int = 0):
+                 val_langs: list[str] | None = None, seed: int = 0, prediction_type: str = "epsilon",
+                 min_snr_gamma: float | None = None, init_from: str | None = None):
         super().__init__()
         if trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0 (or null for plain MSE), got {min_snr_gamma}")
         if not 0.0 <= caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
         self.save_hyperparameters()
@@ -46,9 +63,20 @@ class AltDiffusionSystem(pl.LightningModule):
             for name, p in self.unet.named_parameters():
                 p.requires_grad_(is_cross_attention_kv(name))
         self.unet_ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
-        self.noise_scheduler = noise_scheduler(num_train_timesteps, beta_schedule)
+        self.noise_scheduler = noise_scheduler(num_train_timesteps, beta_schedule, prediction_type)
         self.image_size = image_size or int(self.unet.config.sample_size)
         self._rng = random.Random(seed)
+        # steps and samples of the runs this one continues (init_from), and of this run so far
+        self.before = {"steps": 0, "samples": 0, "legs": []}
+        self.samples_seen = 0
+        if init_from:
+            self.before = load_training_state(init_from, self.fingerprint(), self.unet, self.unet_ema)
+
+    def fingerprint(self) -> dict:
+        """What a resume state must have been trained with (:func:`diffusion.resume.fingerprint`)."""
+        hp = self.hparams
+        return fingerprint(self.unet.config, hp.text_tower, hp.prediction_type, hp.num_train_timesteps,
+                           hp.beta_schedule)
 
     # ---------------------------------------------------------------------------------------- data
 
@@ -77,11 +105,30 @@ class AltDiffusionSystem(pl.LightningModule):
 
     def denoising_loss(self, unet, images: torch.Tensor, texts: list[str], noise: torch.Tensor,
                        timesteps: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch of ||eps - unet(x_t, t, text)||^2 / (C H W)."""
+        """Mean over the batch of w(t) ||target - unet(x_t, t, text)||^2 / (C H W); target = eps or v,
+        w(t) = 1 or the Min-SNR-gamma weight."""
         states, mask = self.encode_text(texts)  # (B, L, D), (B, L)
-        noisy = self.noise_scheduler.add_noise(images, noise, timesteps)  # (B, 3, S, S)
-        pred = unet(noisy, timesteps, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-        return F.mse_loss(pred.float(), noise.float())
+        sched = self.noise_scheduler
+        noisy = sched.add_noise(images, noise, timesteps)  # (B, 3, S, S)
+        pred = unet(noisy, timesteps, **denoiser_inputs(unet, states, mask)).sample
+        if self.hparams.prediction_type == "v_prediction":
+            target = sched.get_velocity(images, noise, timesteps)
+        else:
+            target = noise
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+        return (per_sample * self.loss_weights(timesteps)).mean()
+
+    def loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights ``(B,)``: ones, or Min-SNR-gamma's ``min(SNR, gamma) / SNR`` for epsilon and
+        ``min(SNR, gamma) / (SNR + 1)`` for v targets, SNR = abar / (1 - abar)."""
+        gamma = self.hparams.min_snr_gamma
+        if gamma is None:
+            return torch.ones(len(timesteps), device=timesteps.device)
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.noise_scheduler, timesteps).float()  # (B,)
+        clipped = snr.clamp(max=gamma)
+        return clipped / (snr + 1) if self.hparams.prediction_type == "v_prediction" else clipped / snr
 
     def training_step(self, batch, batch_idx):
         images = batch["images"]  # (B, 3, S, S) in [-1, 1]
@@ -89,11 +136,21 @@ class AltDiffusionSystem(pl.LightningModule):
         noise = torch.randn_like(images)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(images),), device=self.device)
         loss = self.denoising_loss(self.unet, images, texts, noise, t)
+        self.samples_seen += len(images)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        update_ema(self.unet_ema, self.unet, ema_decay_at(self.hparams.ema_decay, self.global_step))
+        step = self.before["steps"] + self.global_step  # a resumed run continues the EMA at full decay
+        update_ema(self.unet_ema, self.unet, ema_decay_at(self.hparams.ema_decay, step))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["altdiffusion"] = {"before": self.before, "samples_seen": self.samples_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("altdiffusion") or {}
+        self.before = saved.get("before", self.before)
+        self.samples_seen = int(saved.get("samples_seen", 0))
 
     def validation_step(self, batch, batch_idx):
         images, metas = batch["images"].to(self.device), batch["metas"]

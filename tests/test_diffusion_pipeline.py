@@ -115,7 +115,7 @@ def test_schedulers_swap_by_config():
 
 def test_bad_input_says_what_is_wrong():
     pipe = tiny_pipeline()
-    cases = [(dict(prompt="  "), "prompt is empty"), (dict(prompt=[]), "non-empty list"),
+    cases = [(dict(prompt=[]), "non-empty list"),
              (dict(prompt="cat", height=13), "multiple of 2"), (dict(prompt="cat", num_inference_steps=0), ">= 1"),
              (dict(prompt=["a", "b"], negative_prompt=["x", "y", "z"]), "negative_prompt"),
              (dict(prompt="cat", output_type="jpg"), "output_type"),
@@ -132,6 +132,64 @@ def test_bad_input_says_what_is_wrong():
     with pytest.raises(ValueError, match="takes 3 channels"):
         AltDiffusionPipeline(pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler,
                              vae=tiny_pipeline(vae=True).vae)
+
+
+def test_empty_prompt_is_unconditional_and_long_prompts_are_truncated_with_a_warning(caplog):
+    pipe = tiny_pipeline()
+    empty = generate(pipe, prompts=[""], guidance_scale=1.0)
+    # with guidance, uncond + g (cond - uncond) = cond when the prompt is the (default) empty negative prompt
+    assert np.allclose(empty, generate(pipe, prompts=[""], guidance_scale=5.0), atol=1e-5)
+    assert not np.allclose(empty, generate(pipe, prompts=["猫"], guidance_scale=1.0), atol=1e-3)
+    long = " ".join(["猫"] * 40)
+    caplog.clear()
+    from diffusers.utils import logging as dlogging
+
+    dlogging.enable_propagation()
+    try:
+        got = generate(pipe, prompts=[long])
+    finally:
+        dlogging.disable_propagation()
+    assert got.shape == (1, 8, 8, 3) and "truncated to 12" in caplog.text
+    caplog.clear()
+    generate(pipe, prompts=["猫"])
+    assert "truncated" not in caplog.text
+
+
+def test_scheduler_names():
+    from diffusion.model import SCHEDULERS, set_scheduler
+
+    pipe = tiny_pipeline()
+    for name in SCHEDULERS:
+        set_scheduler(pipe, name)
+        assert np.isfinite(generate(pipe, num_inference_steps=2)).all()
+    assert type(set_scheduler(pipe, "dpm++").scheduler).__name__ == "DPMSolverMultistepScheduler"
+    with pytest.raises(ValueError, match="unknown scheduler 'heun': choose one of ddim, dpm\\+\\+"):
+        set_scheduler(pipe, "heun")
+
+
+def test_pooled_text_vector_reaches_a_projection_unet():
+    """A UNet built with class_embed_type="projection" gets states[:, 0] in training and sampling alike
+    (denoiser_inputs); a plain UNet gets no class labels."""
+    from diffusion.pipeline_alt_diffusion import denoiser_inputs
+
+    pipe = tiny_pipeline()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(4, 8),
+        norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=2,
+        class_embed_type="projection", projection_class_embeddings_input_dim=8).eval()
+    states, mask = torch.randn(2, 5, 8), torch.ones(2, 5)
+    kw = denoiser_inputs(unet, states, mask)
+    assert torch.equal(kw["class_labels"], states[:, 0]) and "class_labels" not in denoiser_inputs(pipe.unet, states, mask)
+    pooled = AltDiffusionPipeline(pipe.text_encoder, pipe.tokenizer, unet, pipe.scheduler, tokenizer_max_length=12)
+    pooled.set_progress_bar_config(disable=True)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        a = unet(x, 5, **kw).sample
+        b = unet(x, 5, **{**kw, "class_labels": torch.zeros(2, 8)}).sample
+    assert not torch.allclose(a, b)
+    assert generate(pooled).shape == (2, 8, 8, 3)
 
 
 def test_reads_the_released_altdiffusion_layout_and_matches_diffusers(tmp_path):

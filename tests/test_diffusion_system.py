@@ -42,6 +42,39 @@ def test_denoising_loss_is_the_ddpm_epsilon_mse():
     assert states.shape[-1] == sys_.unet.config.cross_attention_dim == 128
 
 
+def test_v_prediction_with_min_snr_weights_written_out():
+    """v = sqrt(abar) eps - sqrt(1 - abar) x0; loss = mean_b w_b mean (v - unet)^2 with w = min(SNR, 5) / (SNR + 1),
+    SNR = abar / (1 - abar); and the UNet with a projection class embedding gets the pooled state states[:, 0]."""
+    sys_ = tiny_system(unet=str(REPO / "diffusion" / "model_configs" / "unet-emoji-32p.json"),
+                       prediction_type="v_prediction", min_snr_gamma=5.0)
+    assert sys_.unet.config.class_embed_type == "projection"
+    x0 = torch.rand(3, 3, 32, 32) * 2 - 1
+    eps = torch.randn(3, 3, 32, 32)
+    t = torch.tensor([1, 40, 99])
+    texts = ["一只猫", "a red heart", ""]
+    got = sys_.denoising_loss(sys_.unet, x0, texts, eps, t)
+    abar = sys_.noise_scheduler.alphas_cumprod[t].view(3, 1, 1, 1)
+    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    ids = sys_.tokenizer(texts, padding="max_length", max_length=sys_.context_length, truncation=True,
+                         return_tensors="pt")
+    states = sys_.text_encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state
+    pred = sys_.unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=ids.attention_mask,
+                     class_labels=states[:, 0]).sample
+    snr = (abar / (1 - abar)).view(3)
+    w = snr.clamp(max=5.0) / (snr + 1)
+    want = (w * ((pred - v) ** 2).mean(dim=(1, 2, 3))).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    other = sys_.unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=ids.attention_mask,
+                      class_labels=torch.zeros_like(states[:, 0])).sample
+    assert not torch.allclose(other, pred)  # the pooled vector reaches the output
+    eps_sys = tiny_system(min_snr_gamma=5.0)
+    snr_e = eps_sys.noise_scheduler.alphas_cumprod[t] / (1 - eps_sys.noise_scheduler.alphas_cumprod[t])
+    assert torch.allclose(eps_sys.loss_weights(t), snr_e.clamp(max=5.0) / snr_e)
+    with pytest.raises(ValueError, match="prediction_type"):
+        tiny_system(prediction_type="sample")
+
+
 def test_ema_update_and_decay_warm_up():
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     want = [0.75 * pa.detach() + 0.25 * pb.detach() for pa, pb in zip(a.parameters(), b.parameters())]
@@ -115,9 +148,42 @@ def test_fit_export_generate(tmp_path, emoji_small):
     assert Image.open(grid).size == (3 * 32, 2 * 32)
     res = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out), "--judge", str(REPO / "models" / "brivl-emoji"), "--data", str(emoji_small),
-                 "--n", "3", "--langs", "en", "zh", "--steps", "2", "--out", str(res)]) == 0
+                 "--n", "3", "--langs", "en", "zh", "--steps", "2", "--guidance", "1", "3", "--consistency", "2",
+                 "--scheduler", "ddim", "--out", str(res)]) == 0
     got = json.loads(res.read_text())
-    assert set(got["languages"]) == {"en", "zh"} and got["shuffled_en"]["n"] == 3 and got["split"] == "train"
+    assert set(got["by_guidance"]) == {"1", "3"} and got["split"] == "train" and got["scheduler"] == "ddim"
+    r = got["by_guidance"]["3"]
+    assert set(r["languages"]) == {"en", "zh"} and r["shuffled_en"]["n"] == 3
+    assert r["languages"]["en"]["R@10_ci"][0] <= r["languages"]["en"]["R@10"] <= r["languages"]["en"]["R@10_ci"][1]
+    assert set(r["memorization"]) == {"en", "zh", "reference"} and got["consistency"]["overall"]["n"] == 2
+    assert main(["eval", "--model", str(out), "--scheduler", "heun"]) == 2  # unknown: lists the known ones
+    # a second leg resumes from the export: online + EMA weights and the history of steps and samples
+    cfg["model"]["init_args"]["init_from"] = str(out)
+    cfg["trainer"].update(max_steps=2)
+    cfg["trainer"]["logger"]["init_args"]["name"] = "leg2"
+    path.write_text(yaml.safe_dump(cfg))
+    from diffusion.system import AltDiffusionSystem
+
+    resumed = AltDiffusionSystem(**cfg["model"]["init_args"])
+    assert all(torch.equal(resumed.unet_ema.state_dict()[k], v) for k, v in ema.items())
+    assert all(torch.allclose(resumed.unet.state_dict()[k], v, atol=1e-3, rtol=1e-3) for k, v in trained.items())
+    assert main(["fit", "--config", str(path)]) == 0
+    leg2 = tmp_path / "runs" / "leg2" / "version_0"
+    out2 = tmp_path / "pipe2"
+    assert main(["export", "--ckpt", str(leg2 / "checkpoints" / "last.ckpt"), "--config", str(leg2 / "config.yaml"),
+                 "--out", str(out2)]) == 0
+    info = json.loads((out2 / "training_state.json").read_text())
+    assert info["steps"] == 6 and info["samples"] == 6 * 8 and [leg["steps"] for leg in info["legs"]] == [4, 2]
+    # a resume state from another config is refused before anything is trained or written
+    before = {p.name: p.read_bytes() for p in out2.rglob("*") if p.is_file()}
+    cfg["model"]["init_args"].update(init_from=str(out2), prediction_type="v_prediction")
+    cfg["trainer"]["logger"]["init_args"]["name"] = "leg3"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="another config .*prediction_type"):
+        AltDiffusionSystem(**cfg["model"]["init_args"])
+    assert main(["fit", "--config", str(path)]) != 0
+    assert not (tmp_path / "runs" / "leg3" / "version_0" / "checkpoints").exists()
+    assert before == {p.name: p.read_bytes() for p in out2.rglob("*") if p.is_file()}
     assert main(["generate", "--model", str(tmp_path), "cat"]) == 2  # not a pipeline folder: one line, exit 2
     assert main(["eval", "--model", str(tmp_path)]) == 2
     assert main(["eval", "--model", str(out), "--n", "0"]) == 2
@@ -137,36 +203,74 @@ class _RenderPipe:
 
 
 def test_generation_recall_against_brute_force(emoji_small):
-    """With a generator that returns the asked concept's real render, every language finds it at rank 1;
-    the shuffled-prompt control (concept i drawn from concept i+1's name) equals a brute-force ranking."""
+    """With a generator that returns the asked concept's real render, every language finds it at rank 1; the
+    shuffled-prompt control (concept i drawn from concept perm[i]'s name), the memorization figures and the
+    cross-lingual consistency equal brute-force computations."""
     from brivl.data.datamodule import load_view, to_batch
     from brivl.model import create_model
-    from diffusion.evaluate import format_generation_table, generation_recall, judge_embed, pick_concepts
+    from diffusion.evaluate import (cross_lingual_consistency, derangement, format_consistency_table,
+                                    format_generation_table, generation_recall, judge_embed, pick_concepts)
 
     judge = create_model(str(REPO / "models" / "brivl-emoji")).eval()
     gallery, _ = load_view(emoji_small, "closed")
     images = to_batch(gallery, judge.image_size, (0.0,) * 3, (1.0,) * 3)
     keys = [s["key"] for s in gallery]
+    train_keys = [s["key"] for s in gallery if s["meta"]["split"] == "train"]
     concepts = pick_concepts(load_view(emoji_small, "train")[0], 12, seed=0)
     assert [c["key"] for c in concepts] == [c["key"] for c in pick_concepts(load_view(emoji_small, "train")[0], 12, 0)]
     by_key = dict(zip(keys, images))
     renders = {c["meta"]["captions"][lang][0]: by_key[c["key"]] for c in concepts for lang in c["meta"]["captions"]}
-    res = generation_recall(_RenderPipe(renders), judge, images, keys, concepts, ["en", "zh", "ja"], ks=(1, 5))
+    res = generation_recall(_RenderPipe(renders), judge, images, keys, concepts, ["en", "zh", "ja"], train_keys,
+                            ks=(1, 5), n_boot=200)
     for lang, r in res["languages"].items():
         assert r["R@1"] == 1.0 and r["n"] == sum(1 for c in concepts if c["meta"]["captions"].get(lang))
+        assert r["R@1_ci"] == [1.0, 1.0] and r["median_rank"] == 1.0
+        m = res["memorization"][lang]  # the render itself is a training render: distance 0, the asked concept
+        assert m["nn_is_asked_concept"] == 1.0 and m["nn_distance_median"] == pytest.approx(0.0, abs=1e-5)
     emb = judge_embed(judge, images).numpy()
     en = [c for c in concepts if c["meta"]["captions"].get("en")]
+    perm = derangement(len(en), 0)
+    assert sorted(perm) == list(range(len(en))) and all(i != j for i, j in enumerate(perm))
     hits, ranks = {1: 0, 5: 0}, []
     for i, c in enumerate(en):
-        drawn = emb[keys.index(en[(i + 1) % len(en)]["key"])]
+        drawn = emb[keys.index(en[perm[i]]["key"])]
         order = np.argsort(-(emb @ drawn), kind="stable")
         rank = list(order).index(keys.index(c["key"]))
         ranks.append(rank + 1)
         for k in hits:
             hits[k] += rank < k
-    assert res["shuffled_en"]["median_rank"] == pytest.approx(float(np.median(ranks)))
-    assert all(r["median_rank"] == 1.0 for r in res["languages"].values())
-    assert res["shuffled_en"]["R@1"] == pytest.approx(hits[1] / len(en))
-    assert res["shuffled_en"]["R@5"] == pytest.approx(hits[5] / len(en))
+    sh = res["shuffled_en"]
+    assert sh["median_rank"] == pytest.approx(float(np.median(ranks)))
+    assert sh["R@1"] == pytest.approx(hits[1] / len(en)) and sh["R@5"] == pytest.approx(hits[5] / len(en))
+    assert sh["R@5_ci"][0] <= sh["R@5"] <= sh["R@5_ci"][1]
     assert res["chance"]["R@5"] == pytest.approx(5 / len(keys))
+    train = np.array([keys.index(k) for k in train_keys])
+    held = [i for i, k in enumerate(keys) if k not in set(train_keys)]
+    want = np.median([1 - max(float(emb[i] @ emb[j]) for j in train) for i in held])
+    assert res["memorization"]["reference"]["real_heldout_nn_distance_median"] == pytest.approx(want, abs=1e-5)
     assert "shuffled" in format_generation_table(res)
+    # consistency: the stand-in draws the same render in every language -> cosine 1; different concepts brute force
+    langs = ["en", "zh", "ja"]
+    cons = cross_lingual_consistency(_RenderPipe(renders), judge, concepts, langs, {concepts[0]["key"]: "X"})
+    named = [c for c in concepts if all(c["meta"]["captions"].get(lang) for lang in langs)]
+    assert cons["overall"]["same_concept"] == pytest.approx(1.0, abs=1e-5) and cons["overall"]["n"] == len(named)
+    stride = len(named) // 3
+    diffs = []
+    for i in range(len(named)):
+        group = [emb[keys.index(named[(i + j * stride) % len(named)]["key"])] for j in range(3)]
+        diffs.append(np.mean([float(group[a] @ group[b]) for a in range(3) for b in range(3) if a != b]))
+    assert cons["overall"]["different_concepts"] == pytest.approx(float(np.mean(diffs)), abs=1e-5)
+    assert set(cons["by_category"]) <= {"X", "other"} and "3 different" in format_consistency_table(cons)
+
+
+def test_bootstrap_interval_and_independent_noise():
+    from diffusion.evaluate import bootstrap_ci, noise_seed, rank_summary
+
+    assert bootstrap_ci([1.0] * 50, lambda v: sum(v) / len(v)) == [1.0, 1.0]
+    narrow = rank_summary([1] * 150 + [50] * 150, ks=(10,))
+    wide = rank_summary([1] * 15 + [50] * 15, ks=(10,))
+    assert narrow["R@10"] == wide["R@10"] == 0.5
+    assert wide["R@10_ci"][0] < narrow["R@10_ci"][0] <= 0.5 <= narrow["R@10_ci"][1] < wide["R@10_ci"][1]
+    seeds = {noise_seed(0, key, lang) for key in ("1f431", "2764") for lang in ("en", "zh", "shuffled")}
+    assert len(seeds) == 6 and all(0 <= s < 2 ** 63 for s in seeds)  # one noise per (concept, language)
+    assert noise_seed(0, "1f431", "en") == noise_seed(0, "1f431", "en") != noise_seed(1, "1f431", "en")

@@ -208,3 +208,40 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def parse_unicode_set(text: str) -> list[str]:
+    """The strings of a CLDR UnicodeSet literal as used in ``labels.txt``: ``[a-cx{multi char}]`` ->
+    single code points (``a-c`` is a range) and ``{...}`` sequences."""
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise ValueError(f"not a UnicodeSet: {text[:40]!r}")
+    body, out, i = body[1:-1], [], 0
+    while i < len(body):
+        if body[i] == "{":
+            j = body.index("}", i)
+            out.append(body[i + 1:j])
+            i = j + 1
+        elif i + 2 < len(body) and body[i + 1] == "-":
+            out += [chr(c) for c in range(ord(body[i]), ord(body[i + 2]) + 1)]
+            i += 3
+        else:
+            out.append(body[i])
+            i += 1
+    return out
+
+
+def emoji_categories(cldr_dir: str = CLDR_DIR) -> dict[str, str]:
+    """Sample key -> CLDR emoji category ("Smileys & People", "Animals & Nature", "Food & Drink", ...),
+    from ``properties/labels.txt``. Emoji the file does not list (newer ones) are absent."""
+    path = Path(cldr_dir) / "properties" / "labels.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: install unicode-cldr-core ({INSTALL_HINT})")
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = [f.strip() for f in line.split("#", 1)[0].split(";")]
+        if len(fields) < 2 or not fields[0]:
+            continue
+        for seq in parse_unicode_set(fields[0]):
+            out.setdefault(emoji_id(seq), fields[1])
+    return out
