@@ -94,6 +94,30 @@ def cmd_generate(a) -> None:
     print(f"{len(images)} images ({len(prompts)} prompts x {a.per_prompt}) -> {a.out}")
 
 
+def cmd_samples(a) -> None:
+    from brivl.data.datamodule import load_view
+    from brivl.data.emoji import M9
+
+    from .samples import DEFAULT_KEYS, concept_language_grid
+
+    a.keys = a.keys or list(DEFAULT_KEYS)
+    if a.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {a.steps}")
+    pipe = load_pipeline(a.model, a.scheduler)
+    by_key = {s["key"]: s for s in load_view(a.data, "closed")[0]}
+    unknown = [k for k in a.keys if k not in by_key]
+    if unknown:
+        raise CLIError(f"keys {unknown} are not in {a.data} (keys are code points, e.g. 1f431)")
+    try:
+        grid = concept_language_grid(pipe, [by_key[k] for k in a.keys], a.langs or list(M9), a.steps, a.guidance,
+                                     a.seed)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    grid.save(a.out)
+    print(f"{len(a.keys)} concepts x {len(a.langs or M9)} languages -> {a.out}")
+
+
 def image_grid(images, rows: int, cols: int, scale: int = 1):
     """PIL images -> one grid, row-major (a row per prompt), each image enlarged ``scale`` times."""
     from PIL import Image
@@ -175,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
     g.set_defaults(func=cmd_generate)
+    s = sub.add_parser("samples", help="the concept x language grid: each concept's name in each language, one noise a row")
+    s.add_argument("--model", default="models/altdiffusion-emoji")
+    s.add_argument("--data", default="data/emoji")
+    s.add_argument("--keys", nargs="+", default=None, help="emoji keys (code points); default: nine seen concepts")
+    s.add_argument("--langs", nargs="+", default=None)
+    s.add_argument("--steps", type=int, default=25)
+    s.add_argument("--guidance", type=float, default=3.0)
+    s.add_argument("--scheduler", default="dpm++", help="sampler: ddim, dpm++, ddpm, euler, unipc")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/generate/samples.png")
+    s.set_defaults(func=cmd_samples)
     v = sub.add_parser("eval", help="generation retrieval: generated images vs the real renders, judged by a dual tower")
     v.add_argument("--model", default="models/altdiffusion-emoji")
     v.add_argument("--judge", default="models/brivl-emoji", help="the dual tower that embeds images")

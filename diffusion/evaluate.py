@@ -124,13 +124,14 @@ def memorization(emb: torch.Tensor, keys: list[str], train_emb: torch.Tensor, tr
 def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: list[str], concepts: list[dict],
                       langs: Sequence[str], train_keys: Sequence[str] = (), steps: int = 25, guidance: float = 3.0,
                       seed: int = 0, batch: int = 100, ks: Sequence[int] = KS, n_boot: int = 1000,
-                      progress: bool = True) -> dict:
+                      shuffled: bool = True, progress: bool = True) -> dict:
     """R@k and median rank of generations among the real renders, per language, with the shuffled-prompt
     control, chance and memorization.
 
     ``gallery_images``: the real renders in [0, 1] ``(G, 3, H, W)`` with their ``gallery_keys``;
     ``concepts``: samples (``key``, ``meta``) to generate; ``train_keys``: the gallery keys the generator was
-    trained on (for memorization). A language is scored on the concepts that have a name in it."""
+    trained on (for memorization); ``shuffled=False`` skips the shuffled-prompt control. A language is
+    scored on the concepts that have a name in it."""
     from tqdm.auto import tqdm
 
     gallery = judge_embed(judge, gallery_images)  # (G, D)
@@ -147,8 +148,8 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
     def run(prompts: list[str], keys: list[str], tag: str) -> tuple[dict, torch.Tensor]:
         seeds = [noise_seed(seed, k, tag) for k in keys]
         emb = judge_embed(judge, generate(pipe, prompts, seeds, steps, guidance, batch))  # (N, D)
-        ranks = own_ranks(emb, gallery, torch.tensor([col[k] for k in keys]))
-        return rank_summary(ranks.tolist(), ks, n_boot, seed), emb
+        ranks = own_ranks(emb, gallery, torch.tensor([col[k] for k in keys])).tolist()
+        return {**rank_summary(ranks, ks, n_boot, seed), "keys": keys, "ranks": ranks}, emb
 
     for lang in langs:
         named = [c for c in concepts if (c["meta"].get("captions") or {}).get(lang)]
@@ -159,7 +160,7 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
                 result["memorization"][lang] = memorization(emb, keys, train_emb, train_list)
         bar.update()
     en = [c for c in concepts if (c["meta"].get("captions") or {}).get("en")]
-    if len(en) >= 2:
+    if shuffled and len(en) >= 2:
         perm = derangement(len(en), seed)  # concept i is generated from concept perm[i]'s name
         result["shuffled_en"], _ = run([en[j]["meta"]["captions"]["en"][0] for j in perm], [c["key"] for c in en],
                                        "shuffled")
@@ -224,6 +225,7 @@ def consistency_row(same: list[float], diff: list[float]) -> dict:
 
 def format_generation_table(result: dict) -> str:
     ks = [k for k in next(iter(result["languages"].values())) if k.startswith("R@") and not k.endswith("_ci")]
+    # (per-concept "keys" and "ranks" stay in the JSON: a generation can be re-made from its key and seed)
     head = ("| generation -> real render | " + " | ".join(f"{k} [95% CI]" for k in ks)
             + " | median rank [95% CI] | n | NN train dist | NN = asked |")
     lines = [head, "|---|" + "---|" * (len(ks) + 4)]

@@ -10,11 +10,14 @@
 #     contrastive  AltCLIP stage 2 (image tower locked)            -> models/altclip-emoji
 #     scratch      the from-scratch baseline, stage 2's budget     -> models/altclip-scratch
 #     m18          stage 1 on 18 languages                         -> runs/export/altclip-emoji-distill-m18
+#     diffusion    one leg of AltDiffusion (configs/altdiffusion-emoji-cpu.yaml, MAX_TIME long), resumed from
+#                  models/altdiffusion-emoji when it holds a resume state -> models/altdiffusion-emoji
+#                  (repeat it: each leg adds to the last; training_state.json counts steps and samples)
 #
 # On a 2-core CPU each image-text run takes about 2-4 s a step (brivl: about 4-5 h in all); a GPU is
 # picked up by accelerator: auto. Environment:
 #   PY=python (the interpreter)  WORKERS=1 (data workers)  EVAL=1 (write eval.json at export; 0 = skip)
-#   EXTRA="..." (more LightningCLI arguments for every fit)
+#   EXTRA="..." (more LightningCLI arguments for every fit)  MAX_TIME=00:01:35:00 (one diffusion leg, DD:HH:MM:SS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -58,6 +61,11 @@ for stage in "$@"; do
     m18) fit_export altclip altclip altclip-distill-m18 runs/export/altclip-emoji-distill-m18 \
         "--langs en zh es fr ru ar ja ko it th hi uk tr vi pl nl pt de" \
         --config configs/altclip-distill.yaml --config configs/ablation/altclip-distill-m18.yaml ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18)" >&2; exit 2 ;;
+    diffusion) resume=(); [ -f models/altdiffusion-emoji/training_state.json ] && \
+        resume=(--model.init_args.init_from models/altdiffusion-emoji)
+      EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
+        --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
+        --data.init_args.num_workers "$WORKERS" ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 diffusion)" >&2; exit 2 ;;
   esac
 done

@@ -113,3 +113,21 @@ def test_train_augment_background_and_its_datamodule_setting(emoji_small, monkey
     assert batch["images"].shape == (4, 3, 32, 32)
     args, kw = made[-1]
     assert args[3] == (1.0, 1.0) and (kw.get("bg_min", args[4] if len(args) > 4 else None)) == 255
+
+
+def test_cldr_emoji_categories(tmp_path):
+    """labels.txt's UnicodeSets: single code points, ranges and {sequences}; keys as the dataset's ids."""
+    from brivl.data.emoji import emoji_categories, emoji_id, parse_unicode_set
+
+    assert parse_unicode_set("[a-cx{👨\u200d✈️}]") == ["a", "b", "c", "x", "👨\u200d✈️"]
+    with pytest.raises(ValueError, match="UnicodeSet"):
+        parse_unicode_set("abc")
+    props = tmp_path / "properties"
+    props.mkdir()
+    (props / "labels.txt").write_text("# comment\n[😀-😂{👨\u200d✈️}] ; Smileys & People ; face-positive\n"
+                                      "[🍎] ; Food & Drink ; food-fruit\n", encoding="utf-8")
+    cats = emoji_categories(str(tmp_path))
+    assert cats == {"1f600": "Smileys & People", "1f601": "Smileys & People", "1f602": "Smileys & People",
+                    emoji_id("👨\u200d✈️"): "Smileys & People", "1f34e": "Food & Drink"}
+    with pytest.raises(FileNotFoundError, match="unicode-cldr-core"):
+        emoji_categories(str(tmp_path / "none"))
