@@ -75,7 +75,8 @@ def released_layout_components(seed: int = 0):
     from transformers import XLMRobertaTokenizerFast
 
     torch.manual_seed(seed)
-    tok = XLMRobertaTokenizerFast(tokenizer_file=str(REPO / "models" / "altclip-emoji" / "tokenizer.json"))
+    tok = XLMRobertaTokenizerFast(tokenizer_file=str(REPO / "models" / "altclip-emoji" / "tokenizer.json"),
+                                  model_max_length=77)  # both pipelines pad to 77 tokens
     text = RobertaSeriesModelWithTransformation(RobertaSeriesConfig(
         vocab_size=len(tok), hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=512,
         project_dim=128, max_position_embeddings=90, pad_token_id=tok.pad_token_id)).eval()
@@ -174,6 +175,11 @@ def main() -> None:
     p.add_argument("--skip-samplers", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
     overhead(a)
     if not a.skip_samplers:
         samplers(a)

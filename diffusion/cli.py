@@ -118,6 +118,30 @@ def cmd_samples(a) -> None:
     print(f"{len(a.keys)} concepts x {len(a.langs or M9)} languages -> {a.out}")
 
 
+def cmd_demo(a) -> None:
+    """The main job's generation step: the demo's nine example queries as prompts, a grid beside the search grid."""
+    import time
+
+    import torch
+
+    from brivl.demo import EXAMPLE_QUERIES
+
+    pipe = load_pipeline(a.model, "dpm++")
+    pipe.set_progress_bar_config(disable=True)
+    prompts = [q for _, q in EXAMPLE_QUERIES]
+    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts) * a.per_prompt)]
+    t = time.perf_counter()
+    images = pipe(prompts, num_inference_steps=a.steps, guidance_scale=a.guidance, num_images_per_prompt=a.per_prompt,
+                  generator=gens).images
+    print(f"\ngeneration ({a.model}, DPM-Solver++ {a.steps} steps, guidance {a.guidance:g}): {len(images)} images "
+          f"in {time.perf_counter() - t:.1f} s, a row per prompt:")
+    for i, (lang, q) in enumerate(EXAMPLE_QUERIES):
+        print(f"  row {i + 1}: [{lang}] {q}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, len(prompts), a.per_prompt, scale=2).save(a.out)
+    print(f"grid of generations: {a.out}")
+
+
 def image_grid(images, rows: int, cols: int, scale: int = 1):
     """PIL images -> one grid, row-major (a row per prompt), each image enlarged ``scale`` times."""
     from PIL import Image
@@ -156,7 +180,7 @@ def cmd_eval(a) -> None:
     concepts = pick_concepts(load_view(a.data, a.split)[0], a.n, a.seed)
     langs = a.langs or list(M9)
     result = {"model": a.model, "judge": a.judge, "split": a.split, "scheduler": a.scheduler, "steps": a.steps,
-              "by_guidance": {}}
+              "seed": a.seed, "by_guidance": {}}
     for g in a.guidance:
         result["by_guidance"][f"{g:g}"] = generation_recall(pipe, judge, images, keys, concepts, langs, train_keys,
                                                             a.steps, g, a.seed, progress=not a.json)
@@ -210,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/generate/samples.png")
     s.set_defaults(func=cmd_samples)
+    d = sub.add_parser("demo", help="the demo's nine example queries as prompts -> a grid (runs/demo/generations.png)")
+    d.add_argument("--model", default="models/altdiffusion-emoji")
+    d.add_argument("--steps", type=int, default=20)
+    d.add_argument("--guidance", type=float, default=3.0)
+    d.add_argument("--per-prompt", type=int, default=4)
+    d.add_argument("--out", default="runs/demo/generations.png")
+    d.set_defaults(func=cmd_demo)
     v = sub.add_parser("eval", help="generation retrieval: generated images vs the real renders, judged by a dual tower")
     v.add_argument("--model", default="models/altdiffusion-emoji")
     v.add_argument("--judge", default="models/brivl-emoji", help="the dual tower that embeds images")

@@ -157,6 +157,15 @@ def test_fit_export_generate(tmp_path, emoji_small):
     assert r["languages"]["en"]["R@10_ci"][0] <= r["languages"]["en"]["R@10"] <= r["languages"]["en"]["R@10_ci"][1]
     assert set(r["memorization"]) == {"en", "zh", "reference"} and got["consistency"]["overall"]["n"] == 2
     assert main(["eval", "--model", str(out), "--scheduler", "heun"]) == 2  # unknown: lists the known ones
+    import shutil
+
+    from test_diffusion_pipeline import tiny_pipeline
+
+    bad = tmp_path / "bad"  # a text tower of another width than the UNet cross-attends to: one line at load
+    shutil.copytree(out, bad)
+    shutil.rmtree(bad / "text_encoder")
+    tiny_pipeline().text_encoder.save_pretrained(bad / "text_encoder")
+    assert main(["generate", "--model", str(bad), "cat"]) == 2
     # a second leg resumes from the export: online + EMA weights and the history of steps and samples
     cfg["model"]["init_args"]["init_from"] = str(out)
     cfg["trainer"].update(max_steps=2)

@@ -69,3 +69,29 @@ def test_altclip_student_beats_the_from_scratch_baseline():
     student, scratch = _t2i_r1("altclip-emoji"), _t2i_r1("altclip-scratch")
     assert set(student) == set(scratch) and len(student) == 9
     assert sum(student.values()) / 9 - sum(scratch.values()) / 9 >= 0.10, (student, scratch)
+
+
+GENERATOR = REPO / "models" / "altdiffusion-emoji"
+
+
+def test_shipped_generator_reproduces_its_eval_ranks(emoji_full):
+    """Three seen concepts re-generated from eval.json's settings and seeds land at the ranks it recorded."""
+    from brivl.data.datamodule import load_view, to_batch
+    from brivl.model import create_model
+    from diffusion.cli import load_pipeline
+    from diffusion.evaluate import generation_recall
+
+    ev = json.loads((GENERATOR / "eval.json").read_text())["train"]
+    g, run = next(iter(ev["by_guidance"].items()))
+    want = dict(zip(run["languages"]["en"]["keys"][:3], run["languages"]["en"]["ranks"][:3]))
+    judge = create_model(str(REPO / "models" / "brivl-emoji")).eval()
+    gallery, _ = load_view(emoji_full, "closed")
+    images = to_batch(gallery, judge.image_size, (0.0,) * 3, (1.0,) * 3)
+    keys = [s["key"] for s in gallery]
+    concepts = [s for s in gallery if s["key"] in want]
+    pipe = load_pipeline(str(GENERATOR), ev["scheduler"])
+    pipe.set_progress_bar_config(disable=True)
+    got = generation_recall(pipe, judge, images, keys, concepts, ["en"], steps=ev["steps"], guidance=float(g),
+                            seed=ev["seed"], shuffled=False, progress=False)["languages"]["en"]
+    for key, rank in zip(got["keys"], got["ranks"]):
+        assert abs(rank - want[key]) <= 1, (key, rank, want[key])
