@@ -24,20 +24,27 @@ def tiny_system(**kw) -> ds.AltDiffusionSystem:
     return ds.AltDiffusionSystem(**args)
 
 
+TEXTS = ["一只猫", "a red heart", ""]
+
+
+def loss_case(sys_, size: int, t: list[int]):
+    """x0, eps, t, x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, abar, the tower's states and mask of TEXTS, written out."""
+    x0 = torch.rand(3, 3, size, size) * 2 - 1
+    eps = torch.randn(3, 3, size, size)
+    t = torch.tensor(t)
+    abar = sys_.noise_scheduler.alphas_cumprod[t].view(3, 1, 1, 1)
+    ids = sys_.tokenizer(TEXTS, padding="max_length", max_length=sys_.context_length, truncation=True,
+                         return_tensors="pt")
+    states = sys_.text_encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state
+    return x0, eps, t, abar.sqrt() * x0 + (1 - abar).sqrt() * eps, abar, states, ids.attention_mask
+
+
 def test_denoising_loss_is_the_ddpm_epsilon_mse():
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, loss = mean (eps - unet(x_t, t, text))^2, written out."""
     sys_ = tiny_system()
-    x0 = torch.rand(3, 3, 16, 16) * 2 - 1
-    eps = torch.randn(3, 3, 16, 16)
-    t = torch.tensor([0, 40, 99])
-    texts = ["一只猫", "a red heart", ""]
-    got = sys_.denoising_loss(sys_.unet, x0, texts, eps, t)
-    abar = sys_.noise_scheduler.alphas_cumprod[t].view(3, 1, 1, 1)
-    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-    ids = sys_.tokenizer(texts, padding="max_length", max_length=sys_.context_length, truncation=True,
-                         return_tensors="pt")
-    states = sys_.text_encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state
-    pred = sys_.unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=ids.attention_mask).sample
+    x0, eps, t, xt, abar, states, mask = loss_case(sys_, 16, [0, 40, 99])
+    got = sys_.denoising_loss(sys_.unet, x0, TEXTS, eps, t)
+    pred = sys_.unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
     assert got.item() == pytest.approx(((pred - eps) ** 2).mean().item(), rel=1e-5)
     assert states.shape[-1] == sys_.unet.config.cross_attention_dim == 128
 
@@ -48,24 +55,16 @@ def test_v_prediction_with_min_snr_weights_written_out():
     sys_ = tiny_system(unet=str(REPO / "diffusion" / "model_configs" / "unet-emoji-32p.json"),
                        prediction_type="v_prediction", min_snr_gamma=5.0)
     assert sys_.unet.config.class_embed_type == "projection"
-    x0 = torch.rand(3, 3, 32, 32) * 2 - 1
-    eps = torch.randn(3, 3, 32, 32)
-    t = torch.tensor([1, 40, 99])
-    texts = ["一只猫", "a red heart", ""]
-    got = sys_.denoising_loss(sys_.unet, x0, texts, eps, t)
-    abar = sys_.noise_scheduler.alphas_cumprod[t].view(3, 1, 1, 1)
-    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    x0, eps, t, xt, abar, states, mask = loss_case(sys_, 32, [1, 40, 99])
+    got = sys_.denoising_loss(sys_.unet, x0, TEXTS, eps, t)
     v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
-    ids = sys_.tokenizer(texts, padding="max_length", max_length=sys_.context_length, truncation=True,
-                         return_tensors="pt")
-    states = sys_.text_encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state
-    pred = sys_.unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=ids.attention_mask,
+    pred = sys_.unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=mask,
                      class_labels=states[:, 0]).sample
     snr = (abar / (1 - abar)).view(3)
     w = snr.clamp(max=5.0) / (snr + 1)
     want = (w * ((pred - v) ** 2).mean(dim=(1, 2, 3))).mean()
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
-    other = sys_.unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=ids.attention_mask,
+    other = sys_.unet(xt, t, encoder_hidden_states=states, encoder_attention_mask=mask,
                       class_labels=torch.zeros_like(states[:, 0])).sample
     assert not torch.allclose(other, pred)  # the pooled vector reaches the output
     eps_sys = tiny_system(min_snr_gamma=5.0)
