@@ -33,10 +33,17 @@ logger = logging.get_logger(__name__)
 
 def encode_texts(tokenizer, text_encoder, texts: list[str], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> the tower's projected per-token states ``(B, L, D)`` and the attention mask ``(B, L)``,
-    padded and truncated to ``max_length`` (what the UNet cross-attends to, in training and sampling)."""
+    truncated to ``max_length`` and padded to the longest text of the batch (what the UNet cross-attends to,
+    in training and sampling)."""
+    from brivl.hf_clip import trim_padding
+
     tok = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
-    return token_states(text_encoder, ids, mask), mask
+    # the columns that are padding in every row are dropped: exact under the mask (masked keys get no weight in
+    # the tower or in the UNet's cross-attention, positions count only real tokens), and a short prompt then
+    # costs its own length instead of max_length in every cross-attention of every step
+    ids = trim_padding(tok.input_ids, tokenizer.pad_token_id)  # (B, L') with L' <= max_length
+    mask = tok.attention_mask[:, : ids.shape[1]]
+    return token_states(text_encoder, ids.to(device), mask.to(device)), mask.to(device)
 
 
 def denoiser_inputs(unet, states: torch.Tensor, mask: torch.Tensor) -> dict:

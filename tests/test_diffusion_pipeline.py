@@ -65,7 +65,9 @@ def test_padding_never_changes_the_image():
     short, long = generate(tiny_pipeline(max_length=12)), generate(tiny_pipeline(max_length=24))
     assert np.allclose(short, long, atol=1e-5)
     pipe = tiny_pipeline(max_length=24)
-    states, mask = pipe.encode_prompt(PROMPTS, "cpu", do_classifier_free_guidance=False)
+    uneven = ["猫", "a red heart on a white background"]  # the short one is padded to the long one's length
+    states, mask = pipe.encode_prompt(uneven, "cpu", do_classifier_free_guidance=False)
+    assert states.shape[1] == mask.shape[1] < 24 and not mask.bool().all()  # all-pad columns are trimmed
     unmasked = pipe.unet(torch.zeros(2, 3, 8, 8), 5, encoder_hidden_states=states).sample
     masked = pipe.unet(torch.zeros(2, 3, 8, 8), 5, encoder_hidden_states=states, encoder_attention_mask=mask).sample
     assert not torch.allclose(unmasked, masked, atol=1e-5)  # so the check above can fail
@@ -79,7 +81,8 @@ def test_classifier_free_guidance():
     assert np.allclose(generate(pipe, guidance_scale=6.0, negative_prompt=PROMPTS), plain, atol=1e-5)
     assert not np.allclose(generate(pipe, guidance_scale=6.0), plain, atol=1e-4)
     states, mask = pipe.encode_prompt(PROMPTS, "cpu", num_images_per_prompt=3)
-    assert states.shape == (12, 12, 8) and mask.shape == (12, 12)  # 2 x (negative + prompt) x 3 images
+    longest = max(len(ids) for ids in pipe.tokenizer(PROMPTS).input_ids)  # padded to the batch's longest text
+    assert states.shape == (12, longest, 8) and mask.shape == (12, longest)  # 2 x (negative + prompt) x 3 images
 
 
 def test_a_batch_equals_its_prompts_one_by_one():
@@ -242,8 +245,18 @@ def test_shipped_altdiffusion_model_loads_and_generates():
     pipe = AltDiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.vae is None and pipe.unet.config.cross_attention_dim == 128 and pipe.config.tokenizer_max_length == 24
+    assert pipe.unet.config.class_embed_type == "projection" and pipe.scheduler.config.prediction_type == "v_prediction"
     a = pipe("桜", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
     b = pipe("桜", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert a.shape == (1, 32, 32, 3) and np.isfinite(a).all() and np.array_equal(a, b)
     ev = json.loads((folder / "eval.json").read_text())
-    assert set(ev) == {"train", "val"} and len(ev["train"]["languages"]) == 9
+    assert set(ev) == {"train", "test", "val_sweep"}
+    for split in ("train", "test"):  # the guidance picked on val is the one reported
+        picked = min(ev["val_sweep"]["by_guidance"].items(),
+                     key=lambda kv: sum(r["median_rank"] for r in kv[1]["languages"].values()))[0]
+        assert list(ev[split]["by_guidance"]) == [picked] and ev[split]["split"] == split
+        run = ev[split]["by_guidance"][picked]
+        assert len(run["languages"]) == 9 and run["shuffled_en"]["R@10"] <= 0.05
+    assert ev["train"]["by_guidance"][picked]["n_concepts"] == 200
+    info = json.loads((folder / "training_state.json").read_text())
+    assert info["steps"] == sum(leg["steps"] for leg in info["legs"]) and (folder / "training_state.safetensors").is_file()
