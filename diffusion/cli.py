@@ -20,7 +20,8 @@ from brivl.cli import CLIError, read_checkpoint, run_cli
 
 
 def pipeline_from_checkpoint(ckpt: str, config: str | None = None):
-    """The EMA UNet of a training checkpoint (read with ``weights_only=True``) in an AltDiffusionPipeline."""
+    """The EMA UNet of a training checkpoint (read with ``weights_only=True``) in an AltDiffusionPipeline, with the
+    checkpoint's state and hyper-parameters."""
     from .model import build_pipeline, create_unet, load_text_tower, noise_scheduler, text_width
 
     state, hp = read_checkpoint(ckpt, config)
@@ -31,7 +32,7 @@ def pipeline_from_checkpoint(ckpt: str, config: str | None = None):
     if missing or unexpected:
         raise CLIError(f"{ckpt} does not fit the UNet {hp['unet']!r}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     sched = noise_scheduler(hp["num_train_timesteps"], hp["beta_schedule"], hp.get("prediction_type", "epsilon"))
-    return build_pipeline(text, tokenizer, unet.eval(), sched.config, ctx), hp
+    return build_pipeline(text, tokenizer, unet.eval(), sched.config, ctx), hp, state
 
 
 def resume_files(state: dict, hp: dict, pipe, config: str | None) -> dict:
@@ -50,8 +51,7 @@ def resume_files(state: dict, hp: dict, pipe, config: str | None) -> dict:
 def cmd_export(a) -> None:
     from brivl.data.shards import write_folder_atomically
 
-    pipe, hp = pipeline_from_checkpoint(a.ckpt, a.config)
-    state, _ = read_checkpoint(a.ckpt, a.config)
+    pipe, hp, state = pipeline_from_checkpoint(a.ckpt, a.config)
     extra = {"trained_with.json": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, list))},
              **resume_files(state, hp, pipe, a.config)}
     if a.config:
