@@ -78,20 +78,27 @@ def load_pipeline(folder: str, scheduler: str | None = None):
         raise CLIError(f"{folder}: {e}") from None
 
 
-def cmd_generate(a) -> None:
+def generate_grid(pipe, prompts: list[str], per_prompt: int, steps: int, guidance: float, seed: int, scale: int,
+                  out: str) -> int:
+    """``per_prompt`` images of each prompt (image i from seed + i) saved as a grid, a row per prompt; returns the
+    number of images."""
     import torch
 
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts) * per_prompt)]
+    images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=per_prompt,
+                  generator=gens).images
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, len(prompts), per_prompt, scale).save(out)
+    return len(images)
+
+
+def cmd_generate(a) -> None:
     if a.steps < 1 or a.per_prompt < 1:
         raise CLIError(f"--steps and --per-prompt must be >= 1 (got {a.steps}, {a.per_prompt})")
     pipe = load_pipeline(a.model, a.scheduler)
     prompts = list(a.prompt)
-    gens = [torch.Generator().manual_seed(a.seed + i) for i in range(len(prompts) * a.per_prompt)]
-    images = pipe(prompts, num_inference_steps=a.steps, guidance_scale=a.guidance, num_images_per_prompt=a.per_prompt,
-                  generator=gens).images
-    grid = image_grid(images, len(prompts), a.per_prompt, a.scale)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    grid.save(a.out)
-    print(f"{len(images)} images ({len(prompts)} prompts x {a.per_prompt}) -> {a.out}")
+    n = generate_grid(pipe, prompts, a.per_prompt, a.steps, a.guidance, a.seed, a.scale, a.out)
+    print(f"{n} images ({len(prompts)} prompts x {a.per_prompt}) -> {a.out}")
 
 
 def cmd_samples(a) -> None:
@@ -122,23 +129,18 @@ def cmd_demo(a) -> None:
     """The main job's generation step: the demo's nine example queries as prompts, a grid beside the search grid."""
     import time
 
-    import torch
-
     from brivl.demo import EXAMPLE_QUERIES
 
+    if a.steps < 1 or a.per_prompt < 1:
+        raise CLIError(f"--steps and --per-prompt must be >= 1 (got {a.steps}, {a.per_prompt})")
     pipe = load_pipeline(a.model, "dpm++")
     pipe.set_progress_bar_config(disable=True)
-    prompts = [q for _, q in EXAMPLE_QUERIES]
-    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts) * a.per_prompt)]
     t = time.perf_counter()
-    images = pipe(prompts, num_inference_steps=a.steps, guidance_scale=a.guidance, num_images_per_prompt=a.per_prompt,
-                  generator=gens).images
-    print(f"\ngeneration ({a.model}, DPM-Solver++ {a.steps} steps, guidance {a.guidance:g}): {len(images)} images "
+    n = generate_grid(pipe, [q for _, q in EXAMPLE_QUERIES], a.per_prompt, a.steps, a.guidance, 0, 2, a.out)
+    print(f"\ngeneration ({a.model}, DPM-Solver++ {a.steps} steps, guidance {a.guidance:g}): {n} images "
           f"in {time.perf_counter() - t:.1f} s, a row per prompt:")
     for i, (lang, q) in enumerate(EXAMPLE_QUERIES):
         print(f"  row {i + 1}: [{lang}] {q}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, len(prompts), a.per_prompt, scale=2).save(a.out)
     print(f"grid of generations: {a.out}")
 
 
@@ -202,6 +204,9 @@ def cmd_eval(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .model import SCHEDULERS
+
+    sampler_help = f"sampler: {', '.join(SCHEDULERS)}"
     p = argparse.ArgumentParser(prog="python -m diffusion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -218,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="runs/generate/grid.png")
     g.add_argument("--steps", type=int, default=25)
     g.add_argument("--guidance", type=float, default=3.0)
-    g.add_argument("--scheduler", default="dpm++", help="sampler: ddim, dpm++, ddpm, euler, unipc")
+    g.add_argument("--scheduler", default="dpm++", help=sampler_help)
     g.add_argument("--per-prompt", type=int, default=4)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
@@ -230,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--langs", nargs="+", default=None)
     s.add_argument("--steps", type=int, default=25)
     s.add_argument("--guidance", type=float, default=3.0)
-    s.add_argument("--scheduler", default="dpm++", help="sampler: ddim, dpm++, ddpm, euler, unipc")
+    s.add_argument("--scheduler", default="dpm++", help=sampler_help)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/generate/samples.png")
     s.set_defaults(func=cmd_samples)
@@ -250,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--langs", nargs="+", default=None)
     v.add_argument("--steps", type=int, default=25)
     v.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="one or more scales (a sweep)")
-    v.add_argument("--scheduler", default="dpm++", help="sampler: ddim, dpm++, ddpm, euler, unipc")
+    v.add_argument("--scheduler", default="dpm++", help=sampler_help)
     v.add_argument("--consistency", type=int, default=45,
                    help="concepts for the cross-lingual consistency run (0: skip)")
     v.add_argument("--seed", type=int, default=0)
