@@ -21,6 +21,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -239,14 +240,19 @@ def check_vectors(idx: LoadedIndex, vectors) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def search_vector(idx: LoadedIndex, vectors, k: int = 10) -> list[list[Hit]]:
-    """Top-k hits of each query vector (inner product), metadata attached by id."""
+def search_vector(idx: LoadedIndex, vectors, k: int = 10, timings: dict | None = None) -> list[list[Hit]]:
+    """Top-k hits of each query vector (inner product), metadata attached by id. ``timings``: a dict that
+    receives the seconds spent in FAISS (``search``) and in the metadata look-up (``metadata``)."""
     k = check_k(idx, k)
     x = check_vectors(idx, vectors)
     kk = min(k + len(idx.deleted), int(idx.index.ntotal))
+    t0 = time.perf_counter()
     scores, ids = fx.search(idx.index, x, kk)
+    t1 = time.perf_counter()
     wanted = {int(i) for i in ids.ravel() if i >= 0 and int(i) not in idx.deleted}
     items = meta.fetch(idx.db, wanted)
+    if timings is not None:
+        timings.update(search=t1 - t0, metadata=time.perf_counter() - t1)
     missing = wanted - set(items)
     if missing:
         raise UserError(f"index ids and metadata do not match in {idx.path}: id {min(missing)} has no metadata "
@@ -366,7 +372,8 @@ def add_items(index_dir: str | os.PathLike, data: str, view: str = "closed", mod
         info = dict(idx.info)
         idx.close()
         if not items:
-            return {"added": 0, "already_indexed": len(have), "count": info["count"], "skipped": summary["skipped"]}
+            return {"added": 0, "already_indexed": len(have), "count": info["count"], "skipped": summary["skipped"],
+                    "keys": []}
 
         def change(tmp: Path) -> None:
             index = faiss.read_index(str(tmp / FAISS_NAME))
@@ -384,7 +391,7 @@ def add_items(index_dir: str | os.PathLike, data: str, view: str = "closed", mod
 
         update_folder(index_dir, change)
         return {"added": len(items), "already_indexed": len(have), "count": info["count"],
-                "skipped": summary["skipped"]}
+                "skipped": summary["skipped"], "keys": [it["key"] for it in items]}
     finally:
         idx.close()
 

@@ -127,6 +127,19 @@ def cmd_info(a) -> None:
     idx.close()
 
 
+def cmd_serve(a) -> None:
+    from .common import UserError
+    from .serve import serve
+
+    if not 1 <= a.port <= 65535 or a.workers < 1 or a.max_upload_kb < 1:
+        raise UserError(f"--port must be 1-65535, --workers and --max-upload-kb >= 1 (got {a.port}, {a.workers}, "
+                        f"{a.max_upload_kb})")
+    say(f"serving {a.index} on http://{a.host}:{a.port}/ ({a.workers} worker{'s' if a.workers > 1 else ''}, "
+        f"writes {'on' if a.allow_writes else 'off'})")
+    serve(a.index, a.host, a.port, a.workers, model=a.model, allow_writes=a.allow_writes, token=a.token,
+          uploads=a.uploads, max_upload_bytes=a.max_upload_kb * 1024)
+
+
 def read_queries_file(path: str) -> list[str]:
     from .common import UserError
 
@@ -295,6 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="torch model for --image / an index without ONNX (default: "
                                                  "the one recorded in index.json)")
     s.set_defaults(func=cmd_search)
+
+    v = sub.add_parser("serve", help="HTTP API + web page over an index (FastAPI; loaded once, reloaded on change)",
+                       description="Endpoints: GET /search?q=&k=&lang=, POST /search/image, POST /search/vector, "
+                                   "GET /items/{id}[/image], POST /items and DELETE /items/{id} (--allow-writes), "
+                                   "GET /healthz, GET /metrics, GET / (the search page).")
+    v.add_argument("--index", required=True, metavar="INDEX_DIR")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--workers", type=int, default=1, help="worker processes (each loads the index once)")
+    v.add_argument("--model", default=None, help="torch model for image queries and adds (default: the one "
+                                                 "recorded in index.json)")
+    v.add_argument("--allow-writes", action="store_true", help="enable POST /items and DELETE /items/{id}")
+    v.add_argument("--token", default=None, help="bearer token for writes (default: $INDEX_SERVE_TOKEN)")
+    v.add_argument("--uploads", default=None, help="where added images are kept (default: INDEX_DIR-uploads)")
+    v.add_argument("--max-upload-kb", type=int, default=4096, help="largest accepted upload (default 4096 KiB)")
+    v.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="print an index's summary (--verify: full id/metadata check)")
     i.add_argument("--index", required=True, metavar="INDEX_DIR")

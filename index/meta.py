@@ -40,7 +40,8 @@ def connect(path: str | os.PathLike, readonly: bool = False) -> sqlite3.Connecti
     if readonly:
         if not path.is_file():
             raise UserError(f"metadata database {path} is missing: the index folder is incomplete")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # readers may be handed between threads (the HTTP service); each is used by one thread at a time
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     else:
         conn = sqlite3.connect(path)
         conn.executescript(SCHEMA)

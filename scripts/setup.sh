@@ -9,6 +9,7 @@ need=()
 [ -f /usr/share/unicode/cldr/common/annotations/en.xml ] || need+=(unicode-cldr-core)
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)  # CJK labels in search grids
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)  # Latin, Cyrillic, Arabic labels
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the search page's browser test (Playwright drives it)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "installing Debian packages: ${need[*]}"

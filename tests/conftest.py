@@ -20,6 +20,59 @@ def emoji_small(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def emoji_full(tmp_path_factory) -> Path:
+    """The full emoji build (every emoji, every language; no tokenizer: the shipped models bring theirs)."""
+    from brivl.cli import main
+
+    out = tmp_path_factory.mktemp("emoji_full") / "data"
+    assert main(["data", "emoji", "--out", str(out), "--vocab-size", "0"]) == 0
+    return out
+
+
+# ------------------------------------------------------------------- a tiny index (random brivl-nano towers)
+
+
+def _nano_model(tok, out, seed, name):
+    import torch
+
+    from brivl.model import create_model
+
+    torch.manual_seed(seed)
+    m = create_model("brivl-nano", tokenizer=str(tok)).eval()
+    m.info["name"] = name
+    return m.save_pretrained(out)
+
+
+@pytest.fixture(scope="session")
+def models(emoji_small, tmp_path_factory):
+    """Two random brivl-nano dual towers (seeds 0 and 1) on the small set's tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    return (_nano_model(emoji_small / "tokenizer", root / "nano", 0, "nano"),
+            _nano_model(emoji_small / "tokenizer", root / "other", 1, "other"))
+
+
+@pytest.fixture(scope="session")
+def emb(emoji_small, models, tmp_path_factory):
+    """The small emoji set embedded by the first random tower (``index embed``)."""
+    from index.cli import main
+
+    out = tmp_path_factory.mktemp("emb") / "closed"
+    assert main(["embed", "--model", str(models[0]), "--data", str(emoji_small), "--out", str(out),
+                 "--batch-size", "32", "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def built(emb, tmp_path_factory):
+    """A flat index of :func:`emb` (``index build``, ONNX text encoder)."""
+    from index.cli import main
+
+    out = tmp_path_factory.mktemp("idx") / "flat"
+    assert main(["build", "--emb", str(emb), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
 def run_notebook(name: str) -> tuple[list[dict], str]:
     """Execute ``notebooks/<name>`` headless (nbclient, cwd notebooks/); returns its code-cell outputs and
     their printed text, after checking that no cell raised."""

@@ -28,35 +28,6 @@ M9 = ["en", "zh", "es", "fr", "ru", "ar", "ja", "ko", "it"]
 QUERIES = ["cat", "猫", "gato", "chat", "кошка", "قطة", "猫の顔", "고양이", "gatto", "red heart", "太阳", "pizza"]
 
 
-def _model(tok, out, seed, name):
-    torch.manual_seed(seed)
-    m = create_model("brivl-nano", tokenizer=str(tok)).eval()
-    m.info["name"] = name
-    return m.save_pretrained(out)
-
-
-@pytest.fixture(scope="module")
-def models(emoji_small, tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return (_model(emoji_small / "tokenizer", root / "nano", 0, "nano"),
-            _model(emoji_small / "tokenizer", root / "other", 1, "other"))
-
-
-@pytest.fixture(scope="module")
-def emb(emoji_small, models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("emb") / "closed"
-    assert main(["embed", "--model", str(models[0]), "--data", str(emoji_small), "--out", str(out),
-                 "--batch-size", "32", "--no-progress"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def built(emb, tmp_path_factory):
-    out = tmp_path_factory.mktemp("idx") / "flat"
-    assert main(["build", "--emb", str(emb), "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
 def _count(data: Path) -> int:
     return json.loads((data / "manifest.json").read_text())["counts"]["rendered"]
 

@@ -11,13 +11,6 @@ SHIPPED = sorted(p.name for p in (REPO / "models").iterdir()  # dual towers (a d
                  if (p / "eval.json").is_file() and not (p / "model_index.json").is_file())
 
 
-@pytest.fixture(scope="module")
-def emoji_full(tmp_path_factory):
-    out = tmp_path_factory.mktemp("emoji_full") / "data"
-    assert main(["data", "emoji", "--out", str(out), "--vocab-size", "0"]) == 0
-    return out
-
-
 @pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("view", ["closed", "test"])
 def test_shipped_model_reproduces_eval_json(emoji_full, name, view, capsys):
