@@ -61,8 +61,10 @@ for stage in "$@"; do
     m18) fit_export altclip altclip altclip-distill-m18 runs/export/altclip-emoji-distill-m18 \
         "--langs en zh es fr ru ar ja ko it th hi uk tr vi pl nl pt de" \
         --config configs/altclip-distill.yaml --config configs/ablation/altclip-distill-m18.yaml ;;
-    diffusion) resume=(); [ -f models/altdiffusion-emoji/training_state.json ] && \
-        resume=(--model.init_args.init_from models/altdiffusion-emoji)
+    diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
+      # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
+      [ -f $state ] && resume=(--model.init_args.init_from models/altdiffusion-emoji \
+        --seed_everything "$($PY -c "import json,sys; print(len(json.load(open(sys.argv[1]))['legs']))" $state)")
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
