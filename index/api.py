@@ -70,6 +70,9 @@ class LoadedIndex:
     deleted: set
     count: int
     notes: list = field(default_factory=list)
+    text_threads: int | None = None  # ONNX intra-op threads (None: up to 2; the HTTP service uses 1 per worker)
+    meta_cache_size: int = 0  # rows kept after a look-up (0: none); a folder never changes under a LoadedIndex
+    _meta_cache: dict = field(default_factory=dict, repr=False)
     _text: object = None
     _model: object = None
 
@@ -158,7 +161,7 @@ def text_encoder(idx: LoadedIndex, model: str | None = None):
         from .textenc import TorchTextEncoder, has_onnx, onnx_encoder
 
         if model is None and has_onnx(idx.path, idx.info):
-            idx._text = onnx_encoder(idx.path, idx.info)
+            idx._text = onnx_encoder(idx.path, idx.info, threads=idx.text_threads)
         else:
             if model is None:
                 note = (f"note: {idx.path} has no ONNX text encoder; loading the torch model (slow). "
@@ -250,7 +253,7 @@ def search_vector(idx: LoadedIndex, vectors, k: int = 10, timings: dict | None =
     scores, ids = fx.search(idx.index, x, kk)
     t1 = time.perf_counter()
     wanted = {int(i) for i in ids.ravel() if i >= 0 and int(i) not in idx.deleted}
-    items = meta.fetch(idx.db, wanted)
+    items = fetch_items(idx, wanted)
     if timings is not None:
         timings.update(search=t1 - t0, metadata=time.perf_counter() - t1)
     missing = wanted - set(items)
@@ -271,6 +274,21 @@ def search_vector(idx: LoadedIndex, vectors, k: int = 10, timings: dict | None =
                 break
         out.append(hits)
     return out
+
+
+def fetch_items(idx: LoadedIndex, ids: set[int]) -> dict[int, dict]:
+    """Metadata rows by id, through the index's row cache when it has one (``meta_cache_size``)."""
+    if not idx.meta_cache_size:
+        return meta.fetch(idx.db, ids)
+    cache = idx._meta_cache
+    items = {i: cache[i] for i in ids if i in cache}
+    if len(items) < len(ids):
+        fetched = meta.fetch(idx.db, ids - set(items))
+        items.update(fetched)
+        if len(cache) + len(fetched) > idx.meta_cache_size:
+            cache.clear()  # simple and bounded; a hot set refills within a few queries
+        cache.update(fetched)
+    return items
 
 
 def embed_texts(idx: LoadedIndex, texts, model: str | None = None) -> np.ndarray:

@@ -67,6 +67,8 @@ class ServedIndex:
             raise
         if signature != self._signature:
             new = api.load_index(self.path)
+            new.text_threads = 1  # one request at a time per worker: no thread pool to wake (or to spin)
+            new.meta_cache_size = 100_000  # decoded metadata rows of hits (captions in every language)
             old, self.idx, self._signature = self.idx, new, signature
             if old is not None:
                 if old.info.get("model") == new.info.get("model") and old.info.get("text_encoder") == \
@@ -214,15 +216,28 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
     async def internal_error(request: Request, e: Exception):  # logged by uvicorn; the client gets one line
         return error(500, f"internal error ({type(e).__name__}); the server keeps serving")
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        t = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t)
-        return response
+    class CountRequests:  # plain ASGI middleware: Starlette's BaseHTTPMiddleware costs ~1 ms a request
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.app(scope, receive, send)
+            t, status = time.perf_counter(), [500]
+
+            async def send_status(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                endpoint = getattr(scope.get("route"), "path", "unmatched")
+                metrics.requests.labels(endpoint, str(status[0])).inc()
+                metrics.latency.labels(endpoint).observe(time.perf_counter() - t)
+
+    app.add_middleware(CountRequests)
 
     def check_writer(request: Request) -> None:
         if not allow_writes:
@@ -251,7 +266,7 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
             raise UserError("no query: pass ?q=<text>")
         k, idx = parse_k(params.get("k", 10)), served.get()
         vectors, timings = encoded(api.embed_texts, idx, [q], served.model)
-        return {"query": q, **answer(idx, vectors, k, params.get("lang") or None, timings)}
+        return JSONResponse({"query": q, **answer(idx, vectors, k, params.get("lang") or None, timings)})
 
     @app.post("/search/image")
     async def search_image(request: Request, k: str = "10", lang: str | None = None):
@@ -259,7 +274,7 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
         image = decode_upload(await read_upload(request, "image"), max_upload_bytes)
         idx = served.get()
         vectors, timings = encoded(api.embed_images, idx, [image], served.model)
-        return answer(idx, vectors, k_, lang, timings)
+        return JSONResponse(answer(idx, vectors, k_, lang, timings))
 
     @app.post("/search/vector")
     async def search_vector(request: Request):
@@ -273,7 +288,8 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
         if not isinstance(vector, list) or any(isinstance(v, (list, dict, str, bool)) for v in vector):
             raise UserError("'vector' must be a flat list of numbers")
         idx = served.get()
-        return answer(idx, api.check_vectors(idx, vector), parse_k(body.get("k", 10)), body.get("lang"), {})
+        return JSONResponse(answer(idx, api.check_vectors(idx, vector), parse_k(body.get("k", 10)), body.get("lang"),
+                                   {}))
 
     async def read_upload(request: Request, field: str) -> bytes:
         if int(request.headers.get("content-length") or 0) > max_upload_bytes + 64 * 1024:
@@ -366,10 +382,21 @@ def app_from_env():
 
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **options) -> None:
     """Run the service with uvicorn (blocking). ``options``: :func:`create_app`'s keyword arguments."""
+    import socket
+
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     config = {"index_dir": str(index_dir), **options}
     create_app(**config).state.served.get().close()  # fail now, in the parent, on a bad folder or option
     os.environ[CONFIG_ENV] = json.dumps(config)
-    uvicorn.run("index.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning")
+    uv = uvicorn.Config("index.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                        log_level="warning")
+    sock = uv.bind_socket()
+    # accepted connections inherit TCP_NODELAY from the listening socket; without it a keep-alive client waits
+    # ~40 ms per response (Nagle + delayed ACK) in uvicorn's multi-worker mode, where asyncio does not set it
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if workers > 1:
+        Multiprocess(uv, sockets=[sock]).run()
+    else:
+        uvicorn.Server(uv).run(sockets=[sock])

@@ -59,9 +59,9 @@ def has_onnx(index_dir: str | os.PathLike, info: dict) -> bool:
     return bool(cfg) and all((Path(index_dir) / cfg[k]).is_file() for k in ("onnx", "tokenizer"))
 
 
-def onnx_encoder(index_dir, info: dict) -> OnnxTextEncoder:
+def onnx_encoder(index_dir, info: dict, threads: int | None = None) -> OnnxTextEncoder:
     try:
-        enc = OnnxTextEncoder(index_dir, info["text_encoder"])
+        enc = OnnxTextEncoder(index_dir, info["text_encoder"], threads=threads)
     except Exception as e:  # a corrupt graph or tokenizer file
         raise UserError(f"cannot load the ONNX text encoder of {index_dir} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}): re-run `python -m index export-onnx`") from e
