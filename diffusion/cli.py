@@ -133,7 +133,7 @@ def cmd_demo(a) -> None:
 
     if a.steps < 1 or a.per_prompt < 1:
         raise CLIError(f"--steps and --per-prompt must be >= 1 (got {a.steps}, {a.per_prompt})")
-    pipe = load_pipeline(a.model, "dpm++")
+    pipe = load_pipeline(a.model, "dpm++sde")
     pipe.set_progress_bar_config(disable=True)
     t = time.perf_counter()
     n = generate_grid(pipe, [q for _, q in EXAMPLE_QUERIES], a.per_prompt, a.steps, a.guidance, 0, 2, a.out)
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="runs/generate/grid.png")
     g.add_argument("--steps", type=int, default=25)
     g.add_argument("--guidance", type=float, default=3.0)
-    g.add_argument("--scheduler", default="dpm++", help=sampler_help)
+    g.add_argument("--scheduler", default="dpm++sde", help=sampler_help)
     g.add_argument("--per-prompt", type=int, default=4)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--langs", nargs="+", default=None)
     s.add_argument("--steps", type=int, default=25)
     s.add_argument("--guidance", type=float, default=3.0)
-    s.add_argument("--scheduler", default="dpm++", help=sampler_help)
+    s.add_argument("--scheduler", default="dpm++sde", help=sampler_help)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/generate/samples.png")
     s.set_defaults(func=cmd_samples)
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--langs", nargs="+", default=None)
     v.add_argument("--steps", type=int, default=25)
     v.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="one or more scales (a sweep)")
-    v.add_argument("--scheduler", default="dpm++", help=sampler_help)
+    v.add_argument("--scheduler", default="dpm++sde", help=sampler_help)
     v.add_argument("--consistency", type=int, default=45,
                    help="concepts for the cross-lingual consistency run (0: skip)")
     v.add_argument("--seed", type=int, default=0)

@@ -74,13 +74,20 @@ def noise_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_typ
                          prediction_type=prediction_type, clip_sample=True)
 
 
-# sampler name -> (diffusers scheduler class, config overrides); all read the training schedule's config
+# sampler name -> (diffusers scheduler class, config overrides); all read the training schedule's config.
+# Few-step samplers use "trailing" timesteps, so the first step is t = T - 1, the pure-noise level the sampler
+# starts from (Lin et al., 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"); "leading"
+# starts at t = T - T/steps. On the val concepts (n = 74, en + zh, 20 steps, guidance 5, leg-1 model) mean R@10
+# went 0.284 (DPM-Solver++ 2M, leading) -> 0.304 (trailing) -> 0.365 (SDE-DPM-Solver++ 2M, trailing).
+TRAILING = {"timestep_spacing": "trailing"}
 SCHEDULERS = {
-    "ddim": ("DDIMScheduler", {}),
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddim": ("DDIMScheduler", TRAILING),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, **TRAILING}),
+    "dpm++sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                                 **TRAILING}),
     "ddpm": ("DDPMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", TRAILING),
+    "unipc": ("UniPCMultistepScheduler", TRAILING),
 }
 
 

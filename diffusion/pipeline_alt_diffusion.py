@@ -19,6 +19,7 @@ This is one readable file in the diffusers style: components registered with ``r
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Callable
@@ -227,8 +228,11 @@ class AltDiffusionPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
 
-        # 4. start noise
+        # 4. start noise (stochastic samplers, DDPM and SDE-DPM-Solver++, draw their step noise from the same
+        #    generators, so an image depends only on its own seed, not on the batch it is made in)
         latents = self.prepare_latents(batch, height, width, states.dtype, device, generator, latents)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters \
+            else {}
 
         # 5. denoise
         for i, t in enumerate(self.progress_bar(timesteps)):
@@ -238,7 +242,7 @@ class AltDiffusionPipeline(DiffusionPipeline):
             if do_cfg:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(noise, t, latents).prev_sample
+            latents = self.scheduler.step(noise, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 callback_on_step_end(i, int(t), latents)
 

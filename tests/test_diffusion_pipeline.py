@@ -170,6 +170,29 @@ def test_scheduler_names():
         set_scheduler(pipe, "heun")
 
 
+@pytest.mark.parametrize("name", ["ddpm", "dpm++sde"])
+def test_stochastic_samplers_draw_step_noise_from_each_images_generator(name):
+    """An image depends on its own seed only: made alone or second in a batch, it is the same image."""
+    from diffusion.model import set_scheduler
+
+    pipe = set_scheduler(tiny_pipeline(), name)
+    pair = generate(pipe, prompts=PROMPTS[:2], seed=0, num_inference_steps=4)  # seeds 0, 1
+    alone = generate(pipe, prompts=PROMPTS[1:2], seed=1, num_inference_steps=4)
+    assert np.allclose(pair[1], alone[0], atol=1e-5)
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert np.allclose(generate(pipe, prompts=PROMPTS[1:2], seed=1, num_inference_steps=4), alone, atol=1e-5)
+
+
+def test_few_step_samplers_start_at_the_last_training_timestep():
+    from diffusion.model import set_scheduler
+
+    pipe = tiny_pipeline()
+    for name in ("ddim", "dpm++", "dpm++sde"):
+        sched = set_scheduler(pipe, name).scheduler
+        sched.set_timesteps(4)
+        assert int(sched.timesteps[0]) == sched.config.num_train_timesteps - 1, name
+
+
 def test_pooled_text_vector_reaches_a_projection_unet():
     """A UNet built with class_embed_type="projection" gets states[:, 0] in training and sampling alike
     (denoiser_inputs); a plain UNet gets no class labels."""
