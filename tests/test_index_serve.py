@@ -10,9 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
