@@ -13,7 +13,9 @@ tokenizer: ``open_clip_config.json``, ``open_clip_model.safetensors``, ``tokeniz
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -294,8 +296,9 @@ def _load_folder(folder: Path, tokenizer, device) -> DualTower:
         text_cfg["hf_model_name"] = str(folder / text_cfg["hf_model_name"])  # a text tower config shipped inside
         text_cfg["hf_model_pretrained"] = False
     info = json.loads((folder / "brivl.json").read_text()) if (folder / "brivl.json").exists() else {}
-    clip = open_clip.create_model("local-dir:" + str(folder), load_weights=False, device=device) \
-        if not text_cfg.get("hf_model_name") else _create_from_cfg(model_cfg, device)
+    with weights_loaded_next():
+        clip = open_clip.create_model("local-dir:" + str(folder), load_weights=False, device=device) \
+            if not text_cfg.get("hf_model_name") else _create_from_cfg(model_cfg, device)
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise FileNotFoundError(f"no *.safetensors weights in {folder}")
@@ -305,6 +308,24 @@ def _load_folder(folder: Path, tokenizer, device) -> DualTower:
         tokenizer = str(folder)
     tok = _make_tokenizer(tokenizer, info.get("base", "brivl"), model_cfg)
     return DualTower(clip, tok, model_cfg, info)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded for model" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def weights_loaded_next():
+    """Silence exactly open_clip's "No pretrained weights loaded ... Model initialized randomly." (logged on the
+    root logger) while a model is built whose real weights are loaded right after: every user of a shipped
+    model read it as a failure. A config name built without weights still warns."""
+    drop = _DropRandomInitWarning()
+    logging.getLogger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
 
 
 def _create_from_cfg(model_cfg: dict, device) -> nn.Module:

@@ -1,5 +1,6 @@
 """Model factory, folder round-trip, clear errors, tokenizer conventions, the momentum-queue loss."""
 import json
+import logging
 import shutil
 
 import pytest
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from brivl.losses import MomentumEncoder, MomentumQueueLoss
 from brivl.model import ConfigMismatchError, UnknownModelError, create_model, load_weights, register_model_configs
 from brivl.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TextTokenizer, train_tokenizer
+from conftest import REPO
 
 TEXTS = ["cat face", "chat", "猫", "кошка", "dog", "chien", "犬", "собака", "red heart", "cœur rouge", "赤いハート",
          "빨간 하트", "قلب أحمر", "cuore rosso", "corazón rojo", "sun", "soleil", "太阳", "солнце"]
@@ -48,6 +50,17 @@ def test_create_save_load_roundtrip(tok_dir, tmp_path):
     assert torch.equal(again.embed_texts(TEXTS[:4]), t) and torch.equal(again.embed_images(images), i)
     model.save_pretrained(folder)  # overwrite in place (atomic swap), still loadable
     assert torch.equal(create_model(str(folder)).eval().embed_texts(TEXTS[:4]), t)
+
+
+def test_loading_a_folder_does_not_warn_about_random_weights(tok_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        folder = create_model("brivl-nano", tokenizer=str(tok_dir)).save_pretrained(tmp_path / "m")
+    assert any("No pretrained weights" in r.getMessage() for r in caplog.records)  # a config name: true, kept
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        create_model(str(folder))
+        create_model(str(REPO / "models" / "brivl-emoji"))
+    assert not [r.getMessage() for r in caplog.records if "No pretrained weights" in r.getMessage()]
 
 
 def test_mismatched_weights_raise_a_clear_error(tok_dir, tmp_path):
