@@ -189,7 +189,7 @@ def test_fit_export_generate(tmp_path, emoji_small):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="another config .*prediction_type"):
         AltDiffusionSystem(**cfg["model"]["init_args"])
-    assert main(["fit", "--config", str(path)]) != 0
+    assert main(["fit", "--config", str(path)]) == 2  # one line, exit status 2 (as the README says)
     assert not (tmp_path / "runs" / "leg3" / "version_0" / "checkpoints").exists()
     assert before == {p.name: p.read_bytes() for p in out2.rglob("*") if p.is_file()}
     assert main(["generate", "--model", str(tmp_path), "cat"]) == 2  # not a pipeline folder: one line, exit 2

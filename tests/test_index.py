@@ -283,7 +283,7 @@ def test_cli_bad_input_one_line_errors(built, models, emoji_small, tmp_path):
     for name, (argv, expect) in cases.items():
         r = subprocess.run([sys.executable, "-m", "index", *argv], capture_output=True, text=True, cwd=REPO)
         err = r.stderr.strip()
-        assert r.returncode != 0, name
+        assert r.returncode == 2, (name, r.returncode)
         assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, (name, err)
         assert expect in err, (name, err)
         assert r.stdout == "", (name, r.stdout)
