@@ -98,7 +98,8 @@ def test_fit_with_momentum_queue(emoji_small, tmp_path):
     assert "train/loss" in (run / "metrics.csv").read_text()
 
 
-def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path):
+def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path, caplog):
+    import logging
     import shutil
 
     data = tmp_path / "data"
@@ -115,7 +116,19 @@ def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path):
                 data_ = b"{broken"
             ti.size = len(data_)
             tar.addfile(ti, io.BytesIO(data_))
-    _fit(tmp_path, data, steps=2, name="corrupt")
+    broken = {members[1][0].name.split(".")[0]: members[1][0].name, members[3][0].name.split(".")[0]: members[3][0].name}
+    with caplog.at_level(logging.WARNING, logger="brivl.data.shards"):
+        _fit(tmp_path, data, steps=12, name="corrupt")  # 12 x 8 > the 79 training samples: a full pass
+    skipped = {}  # key -> reason, from the warnings the training run logged
+    for r in caplog.records:
+        if r.getMessage().startswith("skipping sample "):
+            key, reason = r.getMessage().removeprefix("skipping sample ").split(": ", 1)
+            skipped[key] = reason
+    # exactly the two corrupted samples were skipped (each pass over the shard logs them again), for the right reason
+    assert set(skipped) == set(broken), (skipped, broken)
+    for key, member in broken.items():
+        assert skipped[key] == ("corrupt json" if member.endswith(".json") else
+                                "corrupt image (UnidentifiedImageError)"), (key, member, skipped[key])
 
 
 def test_bad_inputs_give_one_line_errors(emoji_small, tmp_path, capsys):
