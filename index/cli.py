@@ -44,8 +44,9 @@ def cmd_embed(a) -> None:
     s = run_embed(a.model, a.data, a.out, view=a.view, dtype=a.dtype, batch_size=a.batch_size,
                   files_per_shard=a.files_per_shard, accelerator=a.accelerator, devices=_devices(a.devices),
                   num_nodes=a.num_nodes, num_workers=a.num_workers, precision=a.precision,
-                  progress=not a.no_progress)
-    print(f"embedded {s['count']} images into {s['done']} shard(s) of {s['out']}; {s['resumed']} of {s['shards']} "
+                  progress=not a.no_progress, strategy=a.strategy)
+    rank = f"rank {s['rank']} of {s['world_size']}: " if s["world_size"] > 1 else ""
+    print(f"{rank}embedded {s['count']} images into {s['done']} shard(s) of {s['out']}; {s['resumed']} of {s['shards']} "
           f"shard(s) were already done" + (f"; skipped {s['skipped']}" if s["skipped"] else ""))
 
 
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--accelerator", default="auto", help="Lightning accelerator (auto, cpu, gpu)")
     e.add_argument("--devices", default="auto", help="Lightning devices (auto, a number, or a list)")
     e.add_argument("--num-nodes", type=int, default=1)
+    e.add_argument("--strategy", default="auto", help="Lightning strategy (auto; ddp for several CPU processes)")
     e.add_argument("--num-workers", type=int, default=0, help="data-loading workers per device")
     e.add_argument("--precision", default=None, help="Lightning precision, e.g. 16-mixed on GPUs")
     e.add_argument("--no-progress", action="store_true")

@@ -279,8 +279,9 @@ def _lightning_parts():
 
 def predict_shards(model, shards: list[InputShard], out_dir: Path, dtype: str = "float32", batch_size: int = 256,
                    accelerator: str = "auto", devices="auto", num_nodes: int = 1, num_workers: int = 0,
-                   precision=None, progress: bool = True) -> dict:
-    """Encode ``shards`` with ``Trainer.predict`` and write them to ``out_dir``; returns {name: counts}."""
+                   precision=None, progress: bool = True, strategy: str = "auto") -> dict:
+    """Encode ``shards`` with ``Trainer.predict`` and write them to ``out_dir``; returns ({name: counts} of the
+    shards this process wrote, its rank, the world size)."""
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -294,14 +295,14 @@ def predict_shards(model, shards: list[InputShard], out_dir: Path, dtype: str = 
     bar = tqdm(total=sum(s.count_images() for s in shards), desc="embed", unit="img", disable=not progress)
     writer = ShardWriter(out_dir, dtype, bar)
     kwargs = {"precision": precision} if precision else {}
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, logger=False,
                          callbacks=[writer], enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, use_distributed_sampler=False, **kwargs)
     try:
         trainer.predict(EmbedModule(model, shards, batch_size, num_workers), return_predictions=False)
     finally:
         bar.close()
-    return writer.written
+    return writer.written, trainer.global_rank, trainer.world_size
 
 
 def check_embed_info(old: dict, new: dict, out_dir) -> None:
@@ -319,7 +320,7 @@ def check_embed_info(old: dict, new: dict, out_dir) -> None:
 def run_embed(model_path: str, data: str, out: str, view: str = "closed", dtype: str = "float32",
               batch_size: int = 256, files_per_shard: int = 1000, accelerator: str = "auto", devices="auto",
               num_nodes: int = 1, num_workers: int = 0, precision=None, progress: bool = True,
-              model=None) -> dict:
+              model=None, strategy: str = "auto") -> dict:
     """The ``embed`` command; returns a summary ``{"done", "skipped_shards", "count", ...}``."""
     if dtype not in ("float32", "float16"):
         raise UserError(f"--dtype must be float32 or float16, got {dtype}")
@@ -341,11 +342,12 @@ def run_embed(model_path: str, data: str, out: str, view: str = "closed", dtype:
     todo = [s for s in shards if not is_finished(out_dir, s.name)]
     if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
         atomic_write_json(info_path, info)
-    written = predict_shards(model, todo, out_dir, dtype, batch_size, accelerator, devices, num_nodes, num_workers,
-                             precision, progress) if todo else {}
+    written, rank, world = predict_shards(model, todo, out_dir, dtype, batch_size, accelerator, devices, num_nodes,
+                                          num_workers, precision, progress, strategy) if todo else ({}, 0, 1)
     skipped = {}
     for w in written.values():
         for reason, n in w["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + n
     return {"shards": len(shards), "done": len(written), "resumed": len(shards) - len(todo),
-            "count": sum(w["count"] for w in written.values()), "skipped": skipped, "out": str(out_dir)}
+            "count": sum(w["count"] for w in written.values()), "skipped": skipped, "out": str(out_dir),
+            "rank": rank, "world_size": world}  # with several processes: this process's share

@@ -73,6 +73,27 @@ def test_embed_shards_ids_and_resume(emoji_small, models, tmp_path):
         run_embed(str(models[1]), str(emoji_small), str(out), view="train", progress=False)
 
 
+def test_embed_with_two_ddp_processes_gives_the_same_vectors(emoji_small, models, emb, tmp_path):
+    """The multi-GPU / multi-node path, exercised: 2 CPU processes (gloo) split the shards between them."""
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "index", "embed", "--model", str(models[0]), "--data", str(emoji_small),
+                        "--out", str(out), "--batch-size", "32", "--accelerator", "cpu", "--devices", "2",
+                        "--strategy", "ddp", "--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rank 0 of 2:" in r.stdout and "rank 1 of 2:" in r.stdout
+
+    def by_id(folder):
+        vecs = {}
+        for name in finished_shards(folder):
+            e, ids, _ = read_shard(folder, name)
+            vecs.update(zip(np.asarray(ids).tolist(), np.asarray(e, np.float32)))
+        return vecs
+
+    one, two = by_id(emb), by_id(out)
+    assert set(one) == set(two) and len(one) == _count(emoji_small)
+    assert max(float(np.abs(one[i] - two[i]).max()) for i in one) < 1e-5
+
+
 def test_embed_image_folder(models, tmp_path):
     from PIL import Image
 
