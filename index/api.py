@@ -301,20 +301,27 @@ def search_text(idx: LoadedIndex, texts, k: int = 10, model: str | None = None) 
 
 
 def open_image(path_or_image):
-    """A fully decoded PIL image, or :class:`UserError` naming the file."""
+    """A fully decoded PIL image from a path or from the bytes of an image file (a PIL image is passed
+    through), or :class:`UserError` naming what could not be decoded."""
+    import io
+
     from PIL import Image
 
-    if not isinstance(path_or_image, (str, os.PathLike)):
+    if isinstance(path_or_image, (bytes, bytearray)):
+        source, fp = "the uploaded image", io.BytesIO(path_or_image)
+    elif isinstance(path_or_image, (str, os.PathLike)):
+        source = fp = Path(path_or_image)
+        if not fp.is_file():
+            raise UserError(f"image {fp} not found")
+        source = f"image {fp}"
+    else:
         return path_or_image
-    path = Path(path_or_image)
-    if not path.is_file():
-        raise UserError(f"image {path} not found")
     try:
-        with Image.open(path) as im:
+        with Image.open(fp) as im:
             im.load()
             return im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot decode image {path} ({type(e).__name__}: {str(e)[:120]})") from e
+        raise UserError(f"cannot decode {source} ({type(e).__name__}: {str(e)[:120]})") from e
 
 
 def embed_images(idx: LoadedIndex, images: Sequence, model: str | None = None) -> np.ndarray:

@@ -40,7 +40,6 @@ WEB_DIR = Path(__file__).with_name("web")
 TOKEN_ENV = "INDEX_SERVE_TOKEN"
 CONFIG_ENV = "INDEX_SERVE_CONFIG"  # how `--workers N` hands the options to each worker process
 MAX_K = 1000
-STAGES = ("encode", "search", "metadata")
 
 
 class ServedIndex:
@@ -66,7 +65,12 @@ class ServedIndex:
             api.read_info(self.path)  # raises the one-line UserError
             raise
         if signature != self._signature:
-            new = api.load_index(self.path)
+            try:
+                new = api.load_index(self.path)
+            except UserError:
+                if self.idx is None:
+                    raise
+                return self.idx  # caught mid-rename by another process's update: the next request retries
             new.text_threads = 1  # one request at a time per worker: no thread pool to wake (or to spin)
             new.meta_cache_size = 100_000  # decoded metadata rows of hits (captions in every language)
             old, self.idx, self._signature = self.idx, new, signature
@@ -146,18 +150,11 @@ def read_item_image(source: str | None) -> bytes:
 
 def decode_upload(data: bytes, limit: int):
     """A decoded PIL image from uploaded bytes, or a :class:`UserError` saying why not."""
-    from PIL import Image
-
     if not data:
         raise UserError("the upload is empty: send an image file in the multipart field 'image'")
     if len(data) > limit:
         raise UserError(f"the upload is over the limit of {limit} bytes (--max-upload-kb)")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"the upload is not a decodable image ({type(e).__name__})") from None
+    return api.open_image(data)
 
 
 def save_upload(uploads: Path, data: bytes, caption: str, lang: str) -> Path:

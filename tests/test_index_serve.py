@@ -96,7 +96,7 @@ def test_bad_input_is_a_one_line_4xx_and_the_server_keeps_serving(client, index_
     assert f"dimension {dim + 1}" in _error(client.post("/search/vector", json={"vector": [0.1] * (dim + 1)}), 400)
     assert "JSON" in _error(client.post("/search/vector", content=b"{not json"), 400)
     assert "flat list" in _error(client.post("/search/vector", json={"vector": ["a", "b"]}), 400)
-    assert "not a decodable image" in _error(
+    assert "cannot decode the uploaded image" in _error(
         client.post("/search/image", files={"image": ("x.png", b"not an image", "image/png")}), 400)
     assert "no file" in _error(client.post("/search/image", data={"other": "1"}), 400)
     assert "is not in the index" in _error(client.get("/items/12345"), 404)
