@@ -1,9 +1,10 @@
 """Load test of ``python -m index serve`` on loopback, with the other ways to answer the same queries measured
 in the same run.
 
-For each concurrency (default 1, 8, 32) a pool of asyncio clients (keep-alive HTTP/1.1 on asyncio streams) sends text queries in
-the nine languages to ``GET /search`` for ``--seconds`` (or ``--requests``, whichever ends first) and
-reports requests/s, p50 and p99 end-to-end latency (HTTP included) and errors (must be 0). Beside it:
+For each concurrency (default 1, 8, 32) a pool of asyncio clients (keep-alive HTTP/1.1 on asyncio streams)
+sends text queries in the nine languages to ``GET /search`` for ``--seconds`` (or ``--requests``, whichever
+ends first) and reports requests/s, p50 and p99 end-to-end latency (HTTP included) and errors (must be 0).
+Beside it:
 * the same queries through the Python API in-process (``index.api.search_text``: encode + FAISS + SQLite);
 * the same queries through ``python -m index search`` processes (one process per query: today's CLI path).
 ``--churn`` runs a writer during the HTTP rounds that adds an image (``POST /items``) and removes it again

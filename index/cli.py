@@ -46,8 +46,9 @@ def cmd_embed(a) -> None:
                   num_nodes=a.num_nodes, num_workers=a.num_workers, precision=a.precision,
                   progress=not a.no_progress, strategy=a.strategy)
     rank = f"rank {s['rank']} of {s['world_size']}: " if s["world_size"] > 1 else ""
-    print(f"{rank}embedded {s['count']} images into {s['done']} shard(s) of {s['out']}; {s['resumed']} of {s['shards']} "
-          f"shard(s) were already done" + (f"; skipped {s['skipped']}" if s["skipped"] else ""))
+    print(f"{rank}embedded {s['count']} images into {s['done']} shard(s) of {s['out']}; "
+          f"{s['resumed']} of {s['shards']} shard(s) were already done"
+          + (f"; skipped {s['skipped']}" if s["skipped"] else ""))
 
 
 def _devices(v: str):

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
-from . import api, meta
+from . import api
 from .common import INFO_NAME, UserError, key_to_id
 
 WEB_DIR = Path(__file__).with_name("web")
@@ -267,11 +267,11 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
 
     @app.post("/search/image")
     async def search_image(request: Request, k: str = "10", lang: str | None = None):
-        k_ = parse_k(k)
+        top_k = parse_k(k)
         image = decode_upload(await read_upload(request, "image"), max_upload_bytes)
         idx = served.get()
         vectors, timings = encoded(api.embed_images, idx, [image], served.model)
-        return JSONResponse(answer(idx, vectors, k_, lang, timings))
+        return JSONResponse(answer(idx, vectors, top_k, lang, timings))
 
     @app.post("/search/vector")
     async def search_vector(request: Request):
@@ -304,7 +304,7 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
         idx = served.get()
         if item_id in idx.deleted:
             raise UserError(f"id {item_id} is not in the index")
-        found = meta.fetch(idx.db, [item_id])
+        found = api.fetch_items(idx, {item_id})
         if item_id not in found:
             raise UserError(f"id {item_id} is not in the index")
         return found[item_id]
@@ -312,8 +312,8 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
     @app.get("/items/{item_id}")
     async def get_item(item_id: int):
         it = item_of(item_id)
-        return {"id": item_id, "id_str": str(item_id), "key": it["key"], "caption": it["caption"], "language": it["language"],
-                "captions": it["captions"], "source": it["source"], "extra": it["extra"],
+        return {"id": item_id, "id_str": str(item_id), "key": it["key"], "caption": it["caption"],
+                "language": it["language"], "captions": it["captions"], "source": it["source"], "extra": it["extra"],
                 "image": f"/items/{item_id}/image"}
 
     @app.get("/items/{item_id}/image")
