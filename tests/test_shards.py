@@ -131,3 +131,15 @@ def test_cldr_emoji_categories(tmp_path):
                     emoji_id("👨\u200d✈️"): "Smileys & People", "1f34e": "Food & Drink"}
     with pytest.raises(FileNotFoundError, match="unicode-cldr-core"):
         emoji_categories(str(tmp_path / "none"))
+
+
+def test_family_key_joins_gender_skin_tone_and_hair_variants():
+    from brivl.data.emoji import family_key
+
+    pilots = {"1f468_200d_2708_fe0f", "1f469_200d_2708", "1f9d1_200d_2708", "1f9d1_1f3fd_200d_2708_fe0f"}
+    assert {family_key(k) for k in pilots} == {"1f9d1_200d_2708"}
+    assert family_key("1f64b_200d_2642_fe0f") == family_key("1f64b") == "1f64b"  # person raising hand, man ...
+    assert family_key("1f468_200d_1f9b0") == family_key("1f469") == "1f9d1"  # hair and gender go
+    assert family_key("1f431") == "1f431" and family_key("2764_fe0f") == "2764"
+    assert family_key("1f468_200d_1f469_200d_1f467") == "1f9d1_200d_1f9d1_200d_1f9d2"  # a family stays a family
+    assert family_key("1f431") != family_key("1f408")  # cat face and cat are different concepts

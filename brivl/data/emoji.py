@@ -117,6 +117,30 @@ class EmojiRenderer:
         return square.resize((self.size, self.size), Image.Resampling.LANCZOS)
 
 
+ZWJ = 0x200D
+_DROPPED = {0xFE0E, 0xFE0F, 0x2640, 0x2642} | set(range(0x1F3FB, 0x1F400)) | set(range(0x1F9B0, 0x1F9B4))
+_GENDERED = {0x1F468: 0x1F9D1, 0x1F469: 0x1F9D1,  # man, woman -> person
+             0x1F466: 0x1F9D2, 0x1F467: 0x1F9D2,  # boy, girl -> child
+             0x1F474: 0x1F9D3, 0x1F475: 0x1F9D3}  # old man, old woman -> older person
+
+
+def family_key(key: str) -> str:
+    """The concept family of an emoji key (code points in hex joined by ``_``): skin-tone modifiers, gender
+    signs, hair components and variation selectors taken out and gendered people mapped to the neutral one, so
+    that ``1f468_200d_2708`` (man pilot), ``1f469_200d_2708`` and ``1f9d1_200d_2708`` are one family (``1f9d1_200d_
+    2708``), as are 🙋 and 🙋‍♂️. A split by family keeps every variant of a held-out concept out of training."""
+    cps = [_GENDERED.get(int(c, 16), int(c, 16)) for c in key.split("_")]
+    cps = [c for c in cps if c not in _DROPPED]
+    out: list[int] = []
+    for c in cps:  # no leading, trailing or doubled joiners once their neighbours are gone
+        if c == ZWJ and (not out or out[-1] == ZWJ):
+            continue
+        out.append(c)
+    while out and out[-1] == ZWJ:
+        out.pop()
+    return "_".join(f"{c:x}" for c in out) or key
+
+
 def split_of(key: str, val_frac: float, test_frac: float, seed: int = 0) -> str:
     """Concept split by a hash of the stable id: adding emoji never moves existing ones."""
     h = int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
