@@ -19,7 +19,7 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_loss_curve(metrics_csv: str | Path, out: str | Path, smooth: int = 20) -> Path:
-    """Training loss (raw + moving average) and validation R@1 against step, saved as a PNG."""
+    """Training loss (raw + moving average), validation loss and validation R@1 against step, saved as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +34,9 @@ def plot_loss_curve(metrics_csv: str | Path, out: str | Path, smooth: int = 20) 
         if len(vals) > smooth:
             avg = [sum(vals[i - smooth:i]) / smooth for i in range(smooth, len(vals) + 1)]
             ax.plot(steps[smooth - 1:], avg, color="C0", label=f"train/loss (avg {smooth})")
+    if s.get("val/loss"):  # a generator validates its loss (unseen concepts, fixed noise), not R@1
+        steps, vals = zip(*s["val/loss"])
+        ax.plot(steps, vals, "o-", color="C3", label="val/loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     val = {k: v for k, v in s.items() if k.endswith("t2i_R@1") and "/" in k and k.count("/") == 1}
