@@ -92,7 +92,18 @@ def generate_grid(pipe, prompts: list[str], per_prompt: int, steps: int, guidanc
     return len(images)
 
 
+def picked_guidance(model: str, fallback: float = 3.0) -> float:
+    """The guidance scale the model's ``eval.json`` reports (the one picked on val), else ``fallback``."""
+    import json
+
+    try:
+        return float(next(iter(json.loads((Path(model) / "eval.json").read_text())["train"]["by_guidance"])))
+    except (OSError, ValueError, KeyError, StopIteration):
+        return fallback
+
+
 def cmd_generate(a) -> None:
+    a.guidance = picked_guidance(a.model) if a.guidance is None else a.guidance
     if a.steps < 1 or a.per_prompt < 1:
         raise CLIError(f"--steps and --per-prompt must be >= 1 (got {a.steps}, {a.per_prompt})")
     pipe = load_pipeline(a.model, a.scheduler)
@@ -108,6 +119,7 @@ def cmd_samples(a) -> None:
     from .samples import DEFAULT_KEYS, concept_language_grid
 
     a.keys = a.keys or list(DEFAULT_KEYS)
+    a.guidance = picked_guidance(a.model) if a.guidance is None else a.guidance
     if a.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {a.steps}")
     pipe = load_pipeline(a.model, a.scheduler)
@@ -131,13 +143,14 @@ def cmd_demo(a) -> None:
 
     from brivl.demo import EXAMPLE_QUERIES
 
+    a.guidance = picked_guidance(a.model) if a.guidance is None else a.guidance
     if a.steps < 1 or a.per_prompt < 1:
         raise CLIError(f"--steps and --per-prompt must be >= 1 (got {a.steps}, {a.per_prompt})")
     pipe = load_pipeline(a.model, "dpm++sde")
     pipe.set_progress_bar_config(disable=True)
     t = time.perf_counter()
     n = generate_grid(pipe, [q for _, q in EXAMPLE_QUERIES], a.per_prompt, a.steps, a.guidance, 0, 2, a.out)
-    print(f"\ngeneration ({a.model}, DPM-Solver++ {a.steps} steps, guidance {a.guidance:g}): {n} images "
+    print(f"\ngeneration ({a.model}, SDE-DPM-Solver++ {a.steps} steps, guidance {a.guidance:g}): {n} images "
           f"in {time.perf_counter() - t:.1f} s, a row per prompt:")
     for i, (lang, q) in enumerate(EXAMPLE_QUERIES):
         print(f"  row {i + 1}: [{lang}] {q}")
@@ -222,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="models/altdiffusion-emoji")
     g.add_argument("--out", default="runs/generate/grid.png")
     g.add_argument("--steps", type=int, default=25)
-    g.add_argument("--guidance", type=float, default=3.0)
+    g.add_argument("--guidance", type=float, default=None,
+                   help="default: the scale the model's eval.json reports (picked on val), else 3")
     g.add_argument("--scheduler", default="dpm++sde", help=sampler_help)
     g.add_argument("--per-prompt", type=int, default=4)
     g.add_argument("--seed", type=int, default=0)
@@ -234,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keys", nargs="+", default=None, help="emoji keys (code points); default: nine seen concepts")
     s.add_argument("--langs", nargs="+", default=None)
     s.add_argument("--steps", type=int, default=25)
-    s.add_argument("--guidance", type=float, default=3.0)
+    s.add_argument("--guidance", type=float, default=None,
+                   help="default: the scale the model's eval.json reports (picked on val), else 3")
     s.add_argument("--scheduler", default="dpm++sde", help=sampler_help)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/generate/samples.png")
@@ -242,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the demo's nine example queries as prompts -> a grid (runs/demo/generations.png)")
     d.add_argument("--model", default="models/altdiffusion-emoji")
     d.add_argument("--steps", type=int, default=20)
-    d.add_argument("--guidance", type=float, default=3.0)
+    d.add_argument("--guidance", type=float, default=None,
+                   help="default: the scale the model's eval.json reports (picked on val), else 3")
     d.add_argument("--per-prompt", type=int, default=4)
     d.add_argument("--out", default="runs/demo/generations.png")
     d.set_defaults(func=cmd_demo)

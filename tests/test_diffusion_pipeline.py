@@ -283,3 +283,11 @@ def test_shipped_altdiffusion_model_loads_and_generates():
     assert ev["train"]["by_guidance"][picked]["n_concepts"] == 200
     info = json.loads((folder / "training_state.json").read_text())
     assert info["steps"] == sum(leg["steps"] for leg in info["legs"]) and (folder / "training_state.safetensors").is_file()
+
+
+def test_cli_guidance_defaults_to_the_scale_picked_on_val(tmp_path):
+    from diffusion.cli import picked_guidance
+
+    assert picked_guidance(str(tmp_path)) == 3.0  # no eval.json
+    (tmp_path / "eval.json").write_text(json.dumps({"train": {"by_guidance": {"7.5": {}}}}))
+    assert picked_guidance(str(tmp_path)) == 7.5
