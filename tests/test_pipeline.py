@@ -98,9 +98,12 @@ def test_fit_with_momentum_queue(emoji_small, tmp_path):
     assert "train/loss" in (run / "metrics.csv").read_text()
 
 
-def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path, caplog):
+def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path, caplog, monkeypatch):
     import logging
     import shutil
+
+    # a library's logging.config call elsewhere in the session may have disabled existing loggers
+    monkeypatch.setattr(logging.getLogger("brivl.data.shards"), "disabled", False)
 
     data = tmp_path / "data"
     shutil.copytree(emoji_small, data)
