@@ -98,12 +98,17 @@ def test_fit_with_momentum_queue(emoji_small, tmp_path):
     assert "train/loss" in (run / "metrics.csv").read_text()
 
 
-def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path, caplog, monkeypatch):
+def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path, monkeypatch):
     import logging
     import shutil
 
-    # a library's logging.config call elsewhere in the session may have disabled existing loggers
-    monkeypatch.setattr(logging.getLogger("brivl.data.shards"), "disabled", False)
+    # the warnings the run logs, caught on the logger itself (whatever other tests did to propagation or levels)
+    messages = []
+    logger = logging.getLogger("brivl.data.shards")
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "level", logging.WARNING)
 
     data = tmp_path / "data"
     shutil.copytree(emoji_small, data)
@@ -120,12 +125,15 @@ def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path, caplog, 
             ti.size = len(data_)
             tar.addfile(ti, io.BytesIO(data_))
     broken = {members[1][0].name.split(".")[0]: members[1][0].name, members[3][0].name.split(".")[0]: members[3][0].name}
-    with caplog.at_level(logging.WARNING, logger="brivl.data.shards"):
+    logger.addHandler(handler)
+    try:
         _fit(tmp_path, data, steps=12, name="corrupt")  # 12 x 8 > the 79 training samples: a full pass
+    finally:
+        logger.removeHandler(handler)
     skipped = {}  # key -> reason, from the warnings the training run logged
-    for r in caplog.records:
-        if r.getMessage().startswith("skipping sample "):
-            key, reason = r.getMessage().removeprefix("skipping sample ").split(": ", 1)
+    for m in messages:
+        if m.startswith("skipping sample "):
+            key, reason = m.removeprefix("skipping sample ").split(": ", 1)
             skipped[key] = reason
     # exactly the two corrupted samples were skipped (each pass over the shard logs them again), for the right reason
     assert set(skipped) == set(broken), (skipped, broken)
