@@ -244,8 +244,7 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
             raise HTTPException(401, "a valid 'Authorization: Bearer <token>' header is required for writes")
 
     def answer(idx: api.LoadedIndex, vectors, k: int, lang: str | None, timings: dict) -> dict:
-        api.check_k(idx, k)
-        hits = api.search_vector(idx, vectors, k, timings=timings)[0]
+        hits = api.search_vector(idx, vectors, k, timings=timings)[0]  # checks k and the vectors
         metrics.observe(timings)
         return {"hits": hits_json(hits, lang), "count": idx.count,
                 "ms": {s: round(1e3 * v, 3) for s, v in timings.items()}}
@@ -285,8 +284,7 @@ def create_app(index_dir: str | os.PathLike, model: str | None = None, allow_wri
         if not isinstance(vector, list) or any(isinstance(v, (list, dict, str, bool)) for v in vector):
             raise UserError("'vector' must be a flat list of numbers")
         idx = served.get()
-        return JSONResponse(answer(idx, api.check_vectors(idx, vector), parse_k(body.get("k", 10)), body.get("lang"),
-                                   {}))
+        return JSONResponse(answer(idx, vector, parse_k(body.get("k", 10)), body.get("lang"), {}))
 
     async def read_upload(request: Request, field: str) -> bytes:
         if int(request.headers.get("content-length") or 0) > max_upload_bytes + 64 * 1024:
