@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from brivl.data.datamodule import load_view, view_loader
+from brivl.data.languages import resolve_langs
 
 
 @dataclass
@@ -30,13 +31,20 @@ class ParallelCorpus:
         return sorted({lang for _, _, lang in self.pairs})
 
     def select(self, langs: list[str] | None) -> "ParallelCorpus":
+        """The pairs in ``langs``; rows in any other language are counted in ``skipped`` (a language asked for
+        that the corpus has no row in is an error)."""
         if not langs:
             return self
         missing = [lang for lang in langs if lang not in self.languages]
         if missing:
             raise ValueError(f"no parallel text for {', '.join(missing)}; this corpus has: {' '.join(self.languages)}")
-        keep = [i for i, p in enumerate(self.pairs) if p[2] in langs]
-        return ParallelCorpus([self.pairs[i] for i in keep], self.skipped,
+        wanted = set(langs)
+        keep = [i for i, p in enumerate(self.pairs) if p[2] in wanted]
+        skipped = Counter(self.skipped)
+        for p in self.pairs:
+            if p[2] not in wanted:
+                skipped[f"language not in langs ({p[2]})"] += 1
+        return ParallelCorpus([self.pairs[i] for i in keep], skipped,
                               None if self.keys is None else [self.keys[i] for i in keep])
 
 
@@ -149,10 +157,16 @@ class ParallelTextDataModule(pl.LightningDataModule):
         hp = self.hparams
         corpus = read_parallel_corpus(hp.corpus) if hp.corpus else cldr_pairs(hp.data_dir, hp.view, hp.pivot,
                                                                                hp.keywords)
-        self.corpus = corpus.select(hp.langs)
+        if hp.corpus:  # a user corpus: 'all' = every language it has rows in
+            langs = None if hp.langs and "all" in hp.langs else hp.langs
+        else:  # CLDR: 'all' = every language the data covers; an unknown code names the covered ones
+            langs = resolve_langs(hp.langs, hp.data_dir)
+        self.corpus = corpus.select(langs)
         counts = Counter(lang for _, _, lang in self.corpus.pairs)
-        print(f"parallel text: {len(self.corpus.pairs)} pairs ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
-              + (f"; skipped {dict(self.corpus.skipped)}" if sum(self.corpus.skipped.values()) else ""))
+        print(f"parallel text: {len(self.corpus.pairs)} pairs in {len(counts)} languages "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+        if self.corpus.skipped:
+            print(f"skipped {sum(self.corpus.skipped.values())} rows: {dict(sorted(self.corpus.skipped.items()))}")
 
     def train_dataloader(self):
         """Shuffled batches; with ``group_by_length``, transformers' ``LengthGroupedSampler`` (random

@@ -47,7 +47,8 @@ def cmd_data_emoji(a) -> None:
           + ", ".join(f"{k} {v['count']}" for k, v in m["splits"].items())
           + f"; dropped {m['counts']['dropped']}; {len(m['languages'])} languages")
     if a.vocab_size:
-        out = train_tokenizer(corpus_texts(a.out, a.tokenizer_view, a.tokenizer_langs), Path(a.out) / "tokenizer",
+        out = train_tokenizer(corpus_texts(a.out, a.tokenizer_view, _langs(a.tokenizer_langs, a.out)),
+                              Path(a.out) / "tokenizer",
                               a.vocab_size)
         print(f"tokenizer ({a.vocab_size} pieces, {a.tokenizer_view} text) -> {out}")
 
@@ -68,11 +69,70 @@ def corpus_texts(data_dir: str, view: str, langs: list[str] | None) -> list[str]
     return texts
 
 
+def _langs(langs: list[str] | None, data: str) -> list[str] | None:
+    """``--langs`` with ``all`` expanded to the data's covered languages (a clear error on an unknown code)."""
+    from .data.languages import resolve_langs
+
+    try:
+        return resolve_langs(langs, data)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 def cmd_tokenizer(a) -> None:
     from .tokenizer import train_tokenizer
 
-    out = train_tokenizer(corpus_texts(a.data, a.view, a.langs), a.out, a.vocab_size)
-    print(f"tokenizer -> {out}")
+    langs = _langs(a.langs, a.data)
+    if not a.measure:
+        out = train_tokenizer(corpus_texts(a.data, a.view, langs), a.out, a.vocab_size)
+        print(f"tokenizer ({a.vocab_size} pieces, {len(langs) if langs else 'all'} languages) -> {out}")
+        return
+    measure_vocab_sizes(a.data, a.measure, langs, a.view, a.eval_view, a.out)
+
+
+def measure_vocab_sizes(data: str, sizes: list[int], langs: list[str] | None, view: str, eval_view: str,
+                        out: str) -> dict:
+    """Train a tokenizer of each size on ``view``'s text and measure it on ``eval_view``'s (held-out concepts):
+    pieces per word and per character, unknown-character rate, per language and as means per script."""
+    import statistics
+    import tempfile
+
+    from .data.datamodule import load_view
+    from .tokenizer import tokenizer_stats, train_tokenizer
+
+    texts = corpus_texts(data, view, langs)
+    held, _ = load_view(data, eval_view)
+    by_lang: dict[str, list[str]] = {}
+    for s in held:
+        for lang, names in (s["meta"].get("captions") or {}).items():
+            if langs is None or lang in langs:
+                by_lang.setdefault(lang, []).extend(names)
+    res = {"train_view": view, "eval_view": eval_view, "languages": sorted(by_lang), "sizes": {}}
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            stats = tokenizer_stats(train_tokenizer(texts, tmp, size), by_lang)
+        scripts: dict[str, list[dict]] = {}
+        for st in stats.values():
+            scripts.setdefault(st["script"], []).append(st)
+        res["sizes"][str(size)] = {
+            "languages": stats,
+            "scripts": {sc: {k: statistics.mean(st[k] for st in v) for k in
+                             ("pieces_per_word", "pieces_per_char", "unk_char_rate")} | {"n_languages": len(v)}
+                        for sc, v in sorted(scripts.items())},
+            "mean_pieces_per_char": statistics.mean(st["pieces_per_char"] for st in stats.values()),
+            "max_unk_char_rate": max(st["unk_char_rate"] for st in stats.values()),
+        }
+        r = res["sizes"][str(size)]
+        print(f"vocab {size}: mean pieces/char {r['mean_pieces_per_char']:.3f}, "
+              f"max unknown-char rate {r['max_unk_char_rate']:.4f}")
+        for sc, v in r["scripts"].items():
+            print(f"  {sc:<12} {v['n_languages']:>3} langs  pieces/word {v['pieces_per_word']:.2f}  "
+                  f"pieces/char {v['pieces_per_char']:.3f}  unk/char {v['unk_char_rate']:.4f}")
+    from .data.shards import atomic_write_json
+
+    atomic_write_json(Path(out), res)
+    print(f"-> {out}")
+    return res
 
 
 def cmd_models(a) -> None:
@@ -152,7 +212,7 @@ def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "
     samples, stats = loaded or load_view(data, view)
     if not samples:
         raise CLIError(f"view {view!r} of {data} has no samples")
-    langs = langs or [lang for lang in M9 if lang in manifest.get("languages", M9)] or manifest.get("languages")
+    langs = _langs(langs, data) or [lang for lang in M9 if lang in manifest.get("languages", M9)] or manifest.get("languages")
     if not any((s["meta"].get("captions") or {}).get(lang) for s in samples for lang in langs):
         have = sorted({k for s in samples for k in (s["meta"].get("captions") or {})})
         raise CLIError(f"no captions in languages {langs} in {data}; it has: {' '.join(have)}")
@@ -234,8 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenizer", help="train a multilingual Unigram tokenizer on a data folder's text")
     t.add_argument("--data", default=DEFAULT_DATA)
     t.add_argument("--view", default="train+val")
-    t.add_argument("--langs", nargs="+", default=None)
+    t.add_argument("--langs", nargs="+", default=None, help="languages whose text it learns ('all': every "
+                   "language with a name for >= 80%% of the emoji)")
     t.add_argument("--vocab-size", type=int, default=8000)
+    t.add_argument("--measure", type=int, nargs="+", default=None, metavar="SIZE",
+                   help="instead: train one tokenizer per vocabulary size on --view and measure pieces per "
+                        "word/char and unknown characters on --eval-view; --out is then a JSON file")
+    t.add_argument("--eval-view", default="val", help="held-out text for --measure")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_tokenizer)
 

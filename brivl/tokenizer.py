@@ -80,3 +80,46 @@ class TextTokenizer:
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
         self.hf.save_pretrained(str(out_dir))
+
+
+# --------------------------------------------------------------------------- measuring a vocabulary
+
+
+def script_of(texts: Iterable[str]) -> str:
+    """The Unicode script most letters of ``texts`` belong to (the first word of the character names:
+    LATIN, CYRILLIC, ARABIC, CJK, HIRAGANA, HANGUL, ...; Japanese kana and kanji count as JAPANESE)."""
+    import unicodedata
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for t in texts:
+        for c in t:
+            if c.isalpha():
+                name = unicodedata.name(c, "UNKNOWN")
+                word = name.split()[0]
+                counts["JAPANESE" if word in ("HIRAGANA", "KATAKANA") else word] += 1
+    if not counts:
+        return "UNKNOWN"
+    top, _ = counts.most_common(1)[0]
+    return "JAPANESE" if top == "CJK" and counts["JAPANESE"] > 0.1 * sum(counts.values()) else top
+
+
+def tokenizer_stats(tokenizer_dir: str | os.PathLike, texts_by_lang: dict[str, list[str]]) -> dict[str, dict]:
+    """Per language: pieces per whitespace word, pieces per character and the unknown-character rate (the
+    share of characters that fall into ``<unk>`` pieces) of a tokenizer folder on the given texts."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    unk = tok.token_to_id("<unk>")
+    out = {}
+    for lang, texts in texts_by_lang.items():
+        pieces = words = chars = unk_chars = 0
+        for enc, text in zip(tok.encode_batch(texts, add_special_tokens=False), texts):
+            pieces += sum(1 for t in enc.tokens if t != "▁")  # a bare word boundary is no piece of the text
+            words += len(text.split())
+            chars += sum(1 for c in text if not c.isspace())
+            unk_chars += sum(e - s for i, (s, e) in zip(enc.ids, enc.offsets) if i == unk)
+        out[lang] = {"script": script_of(texts), "pieces_per_word": pieces / max(words, 1),
+                     "pieces_per_char": pieces / max(chars, 1), "unk_char_rate": unk_chars / max(chars, 1),
+                     "texts": len(texts)}
+    return out

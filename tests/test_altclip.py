@@ -323,7 +323,8 @@ def test_missing_language_is_named(emoji_small, tmp_path, capsys):
               str(emoji_small), "--data.init_args.langs", "[en, tlh]", "--trainer.max_steps", "1",
               "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: no parallel text for tlh; this corpus has: ar en es")
+    assert err[-1].startswith(f"error: no names in tlh in {emoji_small}; covered languages")
+    assert err[-1].endswith(": ar en es fr it ja ko ru zh")
     assert "Traceback" not in "\n".join(err)
 
 

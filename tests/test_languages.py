@@ -1,0 +1,97 @@
+"""Covered languages (``--langs all``), the vocabulary measurement and the corpus's skipped rows."""
+import json
+
+import pytest
+
+from brivl.data.datamodule import load_view
+from brivl.data.emoji import M9
+from brivl.data.languages import covered_languages, language_coverage, resolve_langs
+from brivl.data.shards import ShardWriter, atomic_write_json
+
+
+def _data(tmp_path, names_per_sample):
+    """A data folder whose samples have names in the given languages (tiny PNGs)."""
+    from PIL import Image
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(buf, format="PNG")
+    with ShardWriter(tmp_path, "train", maxcount=3) as w:
+        for i, names in enumerate(names_per_sample):
+            meta = {"id": f"k{i}", "names": names, "captions": {k: [v] for k, v in names.items()}, "keywords": {}}
+            w.write({"__key__": f"k{i}", "png": buf.getvalue(), "json": meta})
+        shards = w.shards
+    atomic_write_json(tmp_path / "manifest.json", {"splits": {"train": {"shards": shards, "count": len(names_per_sample)}},
+                                                   "languages": sorted({k for n in names_per_sample for k in n})})
+    return tmp_path
+
+
+def test_coverage_equals_a_count_over_decoded_samples(emoji_small):
+    cov = language_coverage(emoji_small)
+    samples, _ = load_view(emoji_small, "closed")
+    brute = {}
+    for s in samples:
+        for lang, name in s["meta"]["names"].items():
+            brute[lang] = brute.get(lang, 0) + (1 if name else 0)
+    assert cov == pytest.approx({k: v / len(samples) for k, v in brute.items()})
+    assert covered_languages(emoji_small) == sorted(M9)
+
+
+def test_all_means_the_languages_over_the_threshold(tmp_path):
+    # en in 5/5, fr in 4/5 (0.8: covered), de in 3/5 (0.6: not), xx in 1/5
+    names = [{"en": "a", "fr": "a", "de": "a", "xx": "a"}, {"en": "b", "fr": "b", "de": "b"},
+             {"en": "c", "fr": "c", "de": "c"}, {"en": "d", "fr": "d"}, {"en": "e"}]
+    data = _data(tmp_path, names)
+    assert language_coverage(data) == pytest.approx({"en": 1.0, "fr": 0.8, "de": 0.6, "xx": 0.2})
+    assert resolve_langs(["all"], data) == ["en", "fr"]
+    assert resolve_langs(["de", "all"], data) == ["de", "en", "fr"]  # an uncovered language asked for by name
+    assert resolve_langs(None, data) is None
+    with pytest.raises(ValueError, match=r"no names in tlh in .*covered languages .*: en fr$"):
+        resolve_langs(["en", "tlh"], data)
+
+
+def test_eval_with_an_unknown_language_lists_the_covered_ones(emoji_small, capsys):
+    from brivl.cli import main
+
+    assert main(["eval", "--model", "brivl-nano", "--data", str(emoji_small), "--langs", "en", "tlh"]) == 2
+    err = capsys.readouterr().err
+    assert "no names in tlh" in err and "ar en es fr it ja ko ru zh" in err
+
+
+def test_tokenizer_stats_against_a_count_by_hand(tmp_path):
+    from brivl.tokenizer import script_of, tokenizer_stats, train_tokenizer
+
+    tok = train_tokenizer(["the cat sat", "a cat and a dog", "the dog"], tmp_path / "tok", 40)
+    st = tokenizer_stats(tok, {"en": ["the cat", "dog 𓀀"]})["en"]
+    from tokenizers import Tokenizer
+
+    t = Tokenizer.from_file(str(tok / "tokenizer.json"))
+    pieces = [p for text in ("the cat", "dog 𓀀") for p in t.encode(text, add_special_tokens=False).tokens if p != "▁"]
+    assert st["pieces_per_word"] == pytest.approx(len(pieces) / 4)
+    assert st["pieces_per_char"] == pytest.approx(len(pieces) / 10)
+    assert st["unk_char_rate"] == pytest.approx(1 / 10)  # the hieroglyph is the one character never seen
+    assert script_of(["猫", "ねこ"]) == "JAPANESE" and script_of(["猫"]) == "CJK" and script_of(["кот"]) == "CYRILLIC"
+
+
+def test_measure_vocab_sizes_writes_a_table(emoji_small, tmp_path, capsys):
+    from brivl.cli import main
+
+    out = tmp_path / "vocab.json"
+    assert main(["tokenizer", "--data", str(emoji_small), "--langs", "all", "--measure", "1200", "2400",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["sizes"]) == {"1200", "2400"} and res["eval_view"] == "val" and set(res["languages"]) == set(M9)
+    small, big = res["sizes"]["1200"], res["sizes"]["2400"]
+    assert big["mean_pieces_per_char"] < small["mean_pieces_per_char"]  # a larger vocabulary, longer pieces
+    assert {"LATIN", "CYRILLIC", "ARABIC", "HANGUL"} <= set(small["scripts"])
+    assert "vocab 1200: mean pieces/char" in capsys.readouterr().out
+
+
+def test_corpus_rows_in_other_languages_are_counted(emoji_small):
+    from altclip.data import cldr_pairs
+
+    corpus = cldr_pairs(str(emoji_small), "train")
+    n_ru = sum(1 for p in corpus.pairs if p[2] == "ru")
+    sub = corpus.select([lang for lang in corpus.languages if lang != "ru"])
+    assert "ru" not in sub.languages and sub.skipped["language not in langs (ru)"] == n_ru
+    assert len(sub.pairs) + n_ru == len(corpus.pairs)
