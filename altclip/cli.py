@@ -87,6 +87,59 @@ def cmd_ablation(a) -> None:
             print(f"{names[1]} - {names[-1]}: {100 * checks['margin_over_last']:+.1f} points mean R@1 (target >= +10)")
 
 
+def cmd_languages(a) -> None:
+    """Every covered language: the student against the English teacher, the m9-only student and a baseline."""
+    import json
+    from pathlib import Path
+
+    from brivl.cli import run_eval
+    from brivl.data.datamodule import load_view
+    from brivl.data.languages import covered_languages
+    from brivl.data.shards import atomic_write_json
+    from brivl.model import create_model
+    from brivl.tokenizer import script_of
+
+    from .languages import language_checks, language_table, plot_languages
+
+    langs = covered_languages(a.data)
+    views = {v: load_view(a.data, v) for v in ("closed", "test")}
+    scripts = {lang: script_of([n for s in views["closed"][0] for n in (s["meta"].get("captions") or {}).get(lang, [])])
+               for lang in langs}
+
+    def evaluate(folder: str) -> dict:
+        saved = Path(folder) / "eval.json"
+        if saved.is_file():  # the export's own eval.json, when it already covers every language
+            res = json.loads(saved.read_text())
+            if all(set(langs) <= set(res.get(v, {}).get("languages", {})) for v in views):
+                return {v: res[v] for v in views}
+        model = create_model(folder)
+        print(f"evaluating {folder} in {len(langs)} languages ...", flush=True)
+        return {v: run_eval(model, a.data, v, langs, name=folder, loaded=views[v]) for v in views}
+
+    teacher = json.loads((Path(a.teacher) / "eval.json").read_text())["closed"]["languages"]["en"]["t2i"]["R@1"]
+    student, reference, baseline = evaluate(a.model), evaluate(a.reference), evaluate(a.baseline)
+    checks = language_checks(student, reference, baseline, teacher)
+    table = language_table(student, reference, scripts, teacher)
+    out = Path(a.out or a.model)
+    png = plot_languages(student, reference, scripts, teacher, out / "languages.png")
+    atomic_write_json(out / "languages.json", {
+        "model": a.model, "teacher": a.teacher, "reference": a.reference, "baseline": a.baseline, "data": a.data,
+        "languages": langs, "scripts": scripts, "checks": checks,
+        "reference_eval": reference, "baseline_eval": {v: baseline[v] for v in views}})
+    (out / "languages.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    c = checks
+    print(f"\nclosed view: lowest {c['closed_worst']['lang']} R@1 {c['closed_worst']['R@1']:.3f} = "
+          f"{c['closed_worst']['ratio']:.3f} x the teacher's en {teacher:.3f} (target >= 0.90 in every language: "
+          f"{'met' if c['closed_target_met'] else 'not met, ' + str(len(c['closed_below_target'])) + ' below'})")
+    print(f"m9 vs the m9-only student: largest loss {100 * c['m9_max_loss']:+.1f} points closed R@1 "
+          f"(target <= 2: {'met' if c['m9_target_met'] else 'not met'})")
+    print(f"held-out concepts, {c['n_outside_m9']} languages outside m9: mean R@10 "
+          f"{c['test_outside_m9_mean_R@10']:.3f} vs {a.baseline} {c['baseline_test_outside_m9_mean_R@10']:.3f} "
+          f"(target >= 2x: {'met' if c['test_target_met'] else 'not met'})")
+    print(f"-> {out / 'languages.md'}, {out / 'languages.json'}, {png}")
+
+
 def cmd_models(a) -> None:
     from .model import list_student_configs
 
@@ -109,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--view", default="closed")
     t.add_argument("--langs", nargs="+", default=None)
     t.set_defaults(func=cmd_ablation)
+    g = sub.add_parser("languages", help="per-language report of an all-language student (table, plot, targets)")
+    g.add_argument("--model", default="models/altclip-emoji-all")
+    g.add_argument("--teacher", default="models/clip-emoji-en", help="its English closed R@1 is the yardstick")
+    g.add_argument("--reference", default="models/altclip-emoji", help="the m9-only student")
+    g.add_argument("--baseline", default="models/brivl-emoji", help="held-out R@10 outside m9 to double")
+    g.add_argument("--data", default="data/emoji")
+    g.add_argument("--out", default=None, help="folder for languages.{md,json,png} (default: --model)")
+    g.set_defaults(func=cmd_languages)
     return p
 
 

@@ -95,3 +95,28 @@ def test_corpus_rows_in_other_languages_are_counted(emoji_small):
     sub = corpus.select([lang for lang in corpus.languages if lang != "ru"])
     assert "ru" not in sub.languages and sub.skipped["language not in langs (ru)"] == n_ru
     assert len(sub.pairs) + n_ru == len(corpus.pairs)
+
+
+def _res(vals: dict[str, tuple[float, float]]) -> dict:
+    """An eval result with t2i (R@1, R@10) per language."""
+    return {"languages": {lang: {"t2i": {"R@1": r1, "R@10": r10}} for lang, (r1, r10) in vals.items()}}
+
+
+def test_language_checks_and_table_against_hand_computed_values(tmp_path):
+    from altclip.languages import language_checks, language_table, plot_languages
+
+    student = {"closed": _res({"en": (0.90, 1), "zh": (0.86, 1), "de": (0.80, 1), "hi": (0.88, 1)}),
+               "test": _res({"en": (0.1, 0.6), "zh": (0.1, 0.5), "de": (0.1, 0.5), "hi": (0.1, 0.3)})}
+    reference = {"closed": _res({"en": (0.91, 1), "zh": (0.89, 1)}), "test": _res({"en": (0.1, 0.7), "zh": (0.1, 0.6)})}
+    baseline = {"closed": _res({}), "test": _res({"de": (0, 0.2), "hi": (0, 0.2)})}
+    c = language_checks(student, reference, baseline, teacher_en=0.92)
+    assert c["closed_worst"] == {"lang": "de", "R@1": 0.80, "ratio": pytest.approx(0.80 / 0.92)}
+    assert c["closed_below_target"] == ["de"] and not c["closed_target_met"]  # 0.80 < 0.828; hi 0.88 passes
+    assert c["m9_loss"] == pytest.approx({"en": 0.01, "zh": 0.03}) and not c["m9_target_met"]  # zh lost 3 points
+    assert c["test_outside_m9_mean_R@10"] == pytest.approx(0.4) and c["baseline_test_outside_m9_mean_R@10"] == 0.2
+    assert c["test_target_met"] and c["n_outside_m9"] == 2
+    table = language_table(student, reference, {"en": "LATIN", "de": "LATIN", "zh": "CJK", "hi": "DEVANAGARI"}, 0.92)
+    rows = [r.split(" | ")[1] for r in table.splitlines()[3:]]
+    assert rows == ["en (m9)", "de", "zh (m9)", "hi"]  # Latin first (two languages), by R@1 within
+    assert "| – |" in table  # the m9 student has no row for de
+    assert plot_languages(student, reference, {"en": "LATIN"}, 0.92, tmp_path / "l.png").stat().st_size > 0
