@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from brivl.data.emoji import M9
-from brivl.data.languages import resolve_langs
+from brivl.data.languages import resolve_for_datamodule
 from brivl.model import create_model
 from brivl.system import adamw_warmup_cosine, log_retrieval
 
@@ -56,9 +56,7 @@ class TeacherLearningSystem(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "configure_preprocess"):
             dm.configure_preprocess(self.model.image_size, *self.model.image_mean_std)
-        if "all" in self.hparams.eval_langs:  # every language the data covers (brivl.data.languages)
-            data_dir = getattr(getattr(dm, "hparams", None), "data_dir", None) or "data/emoji"
-            self.hparams.eval_langs = resolve_langs(self.hparams.eval_langs, data_dir)
+        self.hparams.eval_langs = resolve_for_datamodule(self.hparams.eval_langs, dm)  # 'all': the covered ones
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -178,8 +178,9 @@ def load_system_checkpoint(ckpt: str, config: str | None, build=None):
 def export_model(model, a) -> None:
     """Write ``model`` to ``a.out`` with the run's config, loss curve and eval.json (closed + test views)."""
     model.info["name"] = Path(a.out).name
-    if a.langs:
-        model.info["languages"] = a.langs
+    langs = _langs(a.langs, a.eval_data or DEFAULT_DATA)  # 'all': every covered language of the data
+    if langs:
+        model.info["languages"] = langs
     extra = {}
     if a.config:
         extra["config.yaml"] = Path(a.config).read_text()
@@ -187,7 +188,7 @@ def export_model(model, a) -> None:
         if curve.exists():
             extra["loss_curve.png"] = curve.read_bytes()
     if a.eval_data:
-        extra["eval.json"] = {v: run_eval(model, a.eval_data, v, a.langs or None, name=a.out)
+        extra["eval.json"] = {v: run_eval(model, a.eval_data, v, langs, name=a.out)
                               for v in ("closed", "test")}
     out = model.save_pretrained(a.out, extra)
     print(f"exported {a.ckpt} -> {out}")

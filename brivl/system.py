@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from .data.emoji import M9
+from .data.languages import resolve_for_datamodule
 from .evaluate import evaluate_model, mean_over_languages
 from .losses import MomentumEncoder, MomentumQueueLoss, make_clip_loss
 from .model import ConfigMismatchError, DualTower, create_model
@@ -55,6 +56,7 @@ class DualTowerSystem(pl.LightningModule):
         if dm is not None and hasattr(dm, "configure_preprocess"):
             mean, std = self.model.image_mean_std
             dm.configure_preprocess(self.model.image_size, mean, std)
+        self.hparams.eval_langs = resolve_for_datamodule(self.hparams.eval_langs, dm)  # 'all': the covered ones
         if self.hparams.loss == "clip":
             self.clip_loss = make_clip_loss()  # after the process group exists
         elif stage == "fit" and dm is not None:

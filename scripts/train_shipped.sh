@@ -10,6 +10,8 @@
 #     contrastive  AltCLIP stage 2 (image tower locked)            -> models/altclip-emoji
 #     scratch      the from-scratch baseline, stage 2's budget     -> models/altclip-scratch
 #     m18          stage 1 on 18 languages                         -> runs/export/altclip-emoji-distill-m18
+#     distill-all  stage 1 in every covered language (102), its own 16k tokenizer -> models/altclip-emoji-all-distill
+#     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
 #     diffusion    one leg of AltDiffusion (configs/altdiffusion-emoji-cpu.yaml, MAX_TIME long), resumed from
 #                  models/altdiffusion-emoji when it holds a resume state -> models/altdiffusion-emoji
 #                  (repeat it: each leg adds to the last; training_state.json counts steps and samples)
@@ -42,7 +44,7 @@ fit_export() {
     "${eval_args[@]}" $export_args
 }
 
-[ $# -gt 0 ] || { sed -n 2,17p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,19p "$0"; exit 2; }
 for stage in "$@"; do
   case $stage in
     brivl) EVAL=0 fit_export brivl brivl brivl-emoji runs/export/brivl-emoji-2400 "" --config configs/brivl-emoji.yaml \
@@ -61,6 +63,13 @@ for stage in "$@"; do
     m18) fit_export altclip altclip altclip-distill-m18 runs/export/altclip-emoji-distill-m18 \
         "--langs en zh es fr ru ar ja ko it th hi uk tr vi pl nl pt de" \
         --config configs/altclip-distill.yaml --config configs/ablation/altclip-distill-m18.yaml ;;
+    distill-all) [ -f data/emoji/tokenizer-all/tokenizer.json ] || \
+        $PY -m brivl tokenizer --data data/emoji --langs all --vocab-size 16000 --out data/emoji/tokenizer-all
+      fit_export altclip altclip altclip-distill-all models/altclip-emoji-all-distill "--langs all" \
+        --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml ;;
+    contrastive-all) fit_export altclip brivl altclip-contrastive-all models/altclip-emoji-all "--langs all" \
+        --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
+        --data.init_args.num_workers "$WORKERS" ;;
     diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
       # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
       [ -f $state ] && resume=(--model.init_args.init_from models/altdiffusion-emoji \
@@ -68,6 +77,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 distill-all contrastive-all diffusion)" >&2; exit 2 ;;
   esac
 done

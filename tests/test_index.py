@@ -357,10 +357,10 @@ def test_demo_answers_the_example_queries_from_the_index(emoji_small, models, tm
     # open_clip's "initialized randomly" warning is not shown for a model folder whose weights load next
     assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
     assert "(built;" in out and "text encoder: ONNX" in out and (tmp_path / "grid.png").is_file()
-    from brivl.demo import EXAMPLE_QUERIES
+    from brivl.demo import DEMO_QUERIES
 
     lines = [ln for ln in out.splitlines() if " -> " in ln]
-    assert len(lines) == len(EXAMPLE_QUERIES)
-    for (lang, q), line in zip(EXAMPLE_QUERIES, lines):
+    assert len(lines) == len(DEMO_QUERIES) == 12
+    for (lang, q), line in zip(DEMO_QUERIES, lines):
         assert line.strip().startswith(f"[{lang}] {q}")
     assert main_brivl(args) == 0 and "(reused;" in capsys.readouterr().out

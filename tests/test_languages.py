@@ -120,3 +120,14 @@ def test_language_checks_and_table_against_hand_computed_values(tmp_path):
     assert rows == ["en (m9)", "de", "zh (m9)", "hi"]  # Latin first (two languages), by R@1 within
     assert "| – |" in table  # the m9 student has no row for de
     assert plot_languages(student, reference, {"en": "LATIN"}, 0.92, tmp_path / "l.png").stat().st_size > 0
+
+
+def test_image_text_stream_takes_all_and_rejects_unknown_codes(emoji_small):
+    from brivl.data.datamodule import ShardDataModule
+
+    dm = ShardDataModule(data_dir=str(emoji_small), langs=["all"], batch_size=8, num_workers=0, shuffle_buffer=10)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape[0] == 8 and set(batch["langs"][0]) <= set(M9)
+    dm = ShardDataModule(data_dir=str(emoji_small), langs=["en", "xx"], batch_size=8, num_workers=0)
+    with pytest.raises(ValueError, match="no names in xx .*: ar en es fr it ja ko ru zh"):
+        dm.train_dataloader()

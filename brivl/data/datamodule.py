@@ -244,15 +244,14 @@ class ShardDataModule(pl.LightningDataModule):
         hp = self.hparams
         urls = view_shards(hp.data_dir, hp.train_view)
         manifest = load_manifest(hp.data_dir)
-        have = manifest.get("languages") or []
-        missing = [lang for lang in hp.langs or [] if have and lang not in have]
-        if missing:
-            raise ValueError(f"{hp.data_dir} has no captions in {', '.join(missing)}; it has: {' '.join(have)}")
+        from .languages import resolve_langs
+
+        langs = resolve_langs(hp.langs, hp.data_dir)  # 'all': the covered languages; an unknown code is an error
         n = hp.epoch_samples or sum(manifest["splits"][s]["count"] for s in view_splits(manifest, hp.train_view))
         workers = max(1, hp.num_workers)
         batches_per_worker = max(1, n // (hp.batch_size * workers))
         fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0), hp.bg_min),
-                       CaptionSampler(hp.langs, hp.name_prob, hp.max_keywords, hp.captions_per_image), hp.seed)
+                       CaptionSampler(langs, hp.name_prob, hp.max_keywords, hp.captions_per_image), hp.seed)
         ds = (
             wds.WebDataset(urls, resampled=True, shardshuffle=False,
                            handler=wds.warn_and_continue)

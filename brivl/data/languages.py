@@ -65,3 +65,12 @@ def resolve_langs(langs: list[str] | tuple[str, ...] | None, data_dir: str | Pat
         raise ValueError(f"no names in {', '.join(unknown)} in {data_dir}; covered languages (a name for >= "
                          f"{min_coverage:.0%} of the emoji, or 'all' for every one of them): {' '.join(covered)}")
     return out
+
+
+def resolve_for_datamodule(langs: list[str] | None, datamodule) -> list[str] | None:
+    """``resolve_langs`` against the data folder of a Lightning datamodule (``hparams.data_dir``), for the
+    systems' ``eval_langs``: only a list with ``all`` in it is expanded, any other list is kept as given."""
+    if not langs or ALL not in langs:
+        return langs
+    data_dir = getattr(getattr(datamodule, "hparams", None), "data_dir", None) or "data/emoji"
+    return resolve_langs(langs, data_dir)
