@@ -80,6 +80,8 @@ class LoadedIndex:
 
     def close(self) -> None:
         self.db.close()
+        if hasattr(self.index, "close"):  # a Milvus collection's client (index.milvus)
+            self.index.close()
 
 
 # -------------------------------------------------------------------------------------------- loading
@@ -91,15 +93,7 @@ def load_index(path: str | os.PathLike, mmap: bool = False) -> LoadedIndex:
     ``mmap``: map an in-RAM index file instead of reading it (on-disk indexes are always mapped)."""
     path = Path(path)
     info = read_info(path)
-    fpath = path / FAISS_NAME
-    if not fpath.is_file():
-        raise UserError(f"{path} has no {FAISS_NAME}: the index folder is incomplete, rebuild it")
-    try:
-        index = read_faiss(fpath, on_disk=bool(info.get("on_disk")), mmap=bool(mmap))
-    except RuntimeError as e:
-        raise UserError(f"cannot read {fpath}: {str(e).strip().splitlines()[-1][:200]}") from e
-    if index.d != info["dim"]:
-        raise UserError(f"{fpath} holds {index.d}-d vectors but {INFO_NAME} says {info['dim']}")
+    index = open_vectors(path, info, mmap)
     db = meta.connect(path / META_NAME, readonly=True)
     try:
         n_meta, deleted = meta.count(db), meta.deleted_ids(db)
@@ -112,19 +106,45 @@ def load_index(path: str | os.PathLike, mmap: bool = False) -> LoadedIndex:
         db.close()
         raise UserError(f"cannot read {path / IDS_NAME}: {e}") from e
     counts = {"index.json count": info["count"], "ids.npy": n_ids, "meta.sqlite rows": n_meta,
-              "faiss vectors - removed": int(index.ntotal) - len(deleted)}
+              f"{backend_of(info)} vectors - removed": int(index.ntotal) - len(deleted)}
     if len(set(counts.values())) != 1:
         db.close()
+        if hasattr(index, "close"):
+            index.close()
         raise UserError(f"index ids and metadata do not match in {path} ("
                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + "): rebuild the index")
     fx.set_search_params(index, info.get("params") or {})
     return LoadedIndex(path, info, index, db, deleted, n_meta)
 
 
+def backend_of(info: dict) -> str:
+    return info.get("backend", "faiss")
+
+
+def open_vectors(path: Path, info: dict, mmap: bool = False):
+    """The vector index of a folder: ``index.faiss``, or the Milvus collection ``index.json`` names."""
+    if backend_of(info) == "milvus":
+        from .milvus import MilvusIndex
+
+        return MilvusIndex(path, info["milvus"], info["dim"])
+    fpath = path / FAISS_NAME
+    if not fpath.is_file():
+        raise UserError(f"{path} has no {FAISS_NAME}: the index folder is incomplete, rebuild it")
+    try:
+        index = read_faiss(fpath, on_disk=bool(info.get("on_disk")), mmap=bool(mmap))
+    except RuntimeError as e:
+        raise UserError(f"cannot read {fpath}: {str(e).strip().splitlines()[-1][:200]}") from e
+    if index.d != info["dim"]:
+        raise UserError(f"{fpath} holds {index.d}-d vectors but {INFO_NAME} says {info['dim']}")
+    return index
+
+
 def index_ids(index) -> np.ndarray:
-    """Every id stored in a FAISS index (IndexIDMap2's map, or the IVF lists)."""
+    """Every id stored in a FAISS index (IndexIDMap2's map, or the IVF lists), or another backend's."""
     import faiss
 
+    if hasattr(index, "all_ids"):
+        return index.all_ids()
     inner = faiss.downcast_index(index)
     if hasattr(inner, "id_map"):
         return faiss.vector_to_array(inner.id_map).astype(np.int64)
@@ -144,9 +164,9 @@ def verify(idx: LoadedIndex) -> None:
     in_npy = np.sort(np.load(idx.path / IDS_NAME))
     in_meta = meta.all_ids(idx.db)
     if len(np.unique(in_faiss)) != len(in_faiss):
-        raise UserError(f"index ids and metadata do not match in {idx.path}: the FAISS index repeats ids")
+        raise UserError(f"index ids and metadata do not match in {idx.path}: the vector index repeats ids")
     if not (np.array_equal(np.sort(live), in_npy) and np.array_equal(in_npy, in_meta)):
-        raise UserError(f"index ids and metadata do not match in {idx.path}: {len(live)} live FAISS ids, "
+        raise UserError(f"index ids and metadata do not match in {idx.path}: {len(live)} live vector ids, "
                         f"{len(in_npy)} in ids.npy, {len(in_meta)} in meta.sqlite, not the same set")
 
 

@@ -249,14 +249,48 @@ def export_onnx_into(folder: Path, model_path: str | None, recorded: dict) -> tu
         return None, f"no ONNX text encoder ({e}); text search will use torch"
 
 
+def build_milvus(tmp: Path, x: np.ndarray, ids: np.ndarray, uri: str | None, name: str, index_type: str,
+                 target_recall: float, k: int, n_queries: int, ef_construction: int, seed: int, progress: bool):
+    """The Milvus backend's build (:mod:`index.milvus`): insert, then tune ``ef`` on the same held-out
+    sample as the FAISS build. Returns (``index.json``'s ``milvus`` entry, report, ntotal)."""
+    from . import milvus
+
+    t0 = time.perf_counter()
+    bar = _bar(len(ids), "insert into Milvus", progress)
+    cfg = milvus.build_collection(tmp, x, ids, uri, name, index_type, ef_construction,
+                                  progress=lambda i: bar.update(i - bar.n))
+    bar.close()
+    add_s = time.perf_counter() - t0
+    try:
+        index = milvus.MilvusIndex(tmp, cfg, x.shape[1])
+        try:
+            tuning = tune_on_sample(index, x, ids, k, target_recall, n_queries, seed)
+            ntotal = index.ntotal
+        finally:
+            index.close()
+    except BaseException:
+        if uri:  # nothing of a failed build stays on the server
+            milvus.drop_collection(uri, cfg["collection"])
+        raise
+    return cfg, {"add_s": round(add_s, 2), "build_s": round(time.perf_counter() - t0, 2), **tuning}, ntotal
+
+
 def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = "4G", target_recall: float = 0.95,
               on_disk: bool = False, model: str | None = None, onnx: bool = True, k: int = 10,
-              ef_construction: int = 40, n_queries: int = TUNE_QUERIES, seed: int = 0, progress: bool = True) -> dict:
-    """The ``build`` command: returns ``index.json``."""
+              ef_construction: int = 40, n_queries: int = TUNE_QUERIES, seed: int = 0, progress: bool = True,
+              backend: str = "faiss", uri: str | None = None, milvus_index: str = "HNSW") -> dict:
+    """The ``build`` command: returns ``index.json``. ``backend="milvus"``: the vectors go into a Milvus
+    collection (``uri``: a server; default an embedded milvus-lite folder inside the index folder)."""
     import faiss
 
     if not 0 < target_recall <= 1:
         raise UserError(f"--target-recall must be in (0, 1], got {target_recall}")
+    if backend not in ("faiss", "milvus"):
+        raise UserError(f"--backend must be faiss or milvus, got {backend!r}")
+    if backend == "milvus" and (on_disk or factory):
+        raise UserError("--on-disk and --factory are FAISS options; with --backend milvus use --milvus-index")
+    if uri and backend != "milvus":
+        raise UserError("--uri is the address of a Milvus server: add --backend milvus")
     budget = parse_memory(max_memory)
     out_dir = Path(out)
     if out_dir.exists() and not (out_dir / INFO_NAME).is_file() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -271,17 +305,29 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
         raise UserError(f"{emb_dir} holds 0 embeddings")
     if d != model_info.get("dim", d):
         raise UserError(f"{emb_dir}: embeddings are {d}-d but embed.json records a {model_info['dim']}-d model")
-    chosen = factory or fx.choose_factory(n, d, budget, on_disk)
-    est = fx.estimate_memory(chosen, n, d)
-    say(f"build: {n} vectors x {d} ({len(names)} shards), factory {chosen}"
-        f"{' (chosen)' if not factory else ''}, estimated {human_bytes(est)} of {human_bytes(budget)}"
-        f"{', on disk' if on_disk else ''}")
+    chosen = f"milvus:{milvus_index}" if backend == "milvus" else factory or fx.choose_factory(n, d, budget, on_disk)
+    est = fx.estimate_memory(chosen, n, d) if backend == "faiss" else 0
+    if backend == "milvus":
+        say(f"build: {n} vectors x {d} ({len(names)} shards) into Milvus ({milvus_index}) at "
+            f"{uri or 'an embedded milvus-lite folder'}")
+    else:
+        say(f"build: {n} vectors x {d} ({len(names)} shards), factory {chosen}"
+            f"{' (chosen)' if not factory else ''}, estimated {human_bytes(est)} of {human_bytes(budget)}"
+            f"{', on disk' if on_disk else ''}")
     result: dict = {}
 
     def write(tmp: Path) -> None:
         ids = write_metadata(emb_dir, names, tmp / META_NAME)
         atomic_save_npy(tmp / IDS_NAME, ids)
-        if on_disk:
+        milvus_cfg, ntotal = None, None
+        if backend == "milvus":
+            from .milvus import collection_name
+
+            x, _ = load_all(emb_dir, names)
+            milvus_cfg, report, ntotal = build_milvus(tmp, x, ids, uri, collection_name(out_dir.name), milvus_index,
+                                                      target_recall, k, n_queries, ef_construction, seed, progress)
+            del x
+        elif on_disk:
             index, report = build_on_disk(emb_dir, names, chosen, tmp, target_recall, k, n_queries, seed, progress)
         else:
             x, _ = load_all(emb_dir, names)
@@ -297,11 +343,13 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
             say(f"note: {note}")
         model_info["path"] = str(Path(model_path).resolve()) if model_path and Path(model_path).exists() \
             else model_path
-        info = {"format": FORMAT_VERSION, "model": model_info, "dim": d, "metric": "inner_product",
+        info = {"format": FORMAT_VERSION, "backend": backend, "model": model_info, "dim": d, "metric": "inner_product",
                 "factory": chosen, "factory_chosen": factory is None, "max_memory": budget,
                 "estimated_bytes": est, "on_disk": on_disk, "params": report["params"],
-                "count": int(n), "ntotal": int(index.ntotal), "deleted": 0,
-                "index_bytes": sum(p.stat().st_size for p in tmp.iterdir() if p.name.startswith("index.")),
+                "count": int(n), "ntotal": int(ntotal if milvus_cfg else index.ntotal), "deleted": 0,
+                "index_bytes": sum(p.stat().st_size for p in tmp.rglob("*")
+                                   if p.is_file() and (p.name.startswith("index.") or ".milvus.db" in str(p))),
+                **({"milvus": milvus_cfg} if milvus_cfg else {}),
                 "tuning": report, "text_encoder": text_encoder,
                 "embeddings": {"dir": str(emb_dir.resolve()), "dtype": einfo.get("dtype"), "data": einfo.get("data"),
                                "view": einfo.get("view")},
@@ -310,6 +358,10 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
         result.update(info)
 
     write_folder(out, write)
+    if backend == "milvus":
+        from .milvus import drop_old_versions
+
+        drop_old_versions(result["milvus"])  # a server keeps this build and the one before (readers still on it)
     return result
 
 

@@ -60,7 +60,8 @@ def cmd_build(a) -> None:
 
     info = run_build(a.emb, a.out, factory=a.factory, max_memory=a.max_memory, target_recall=a.target_recall,
                      on_disk=a.on_disk, model=a.model, onnx=not a.no_onnx, ef_construction=a.ef_construction,
-                     n_queries=a.tune_queries, seed=a.seed, progress=not a.no_progress)
+                     n_queries=a.tune_queries, seed=a.seed, progress=not a.no_progress, backend=a.backend,
+                     uri=a.uri, milvus_index=a.milvus_index)
     t = info["tuning"]
     print(f"built {a.out}: {info['count']} vectors, {info['factory']} {info['params'] or ''}, "
           f"recall@{t['recall_k']} {t['recall']:.3f} (target {t['target_recall']}, {t['tune_queries']} held-out "
@@ -273,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tune-queries", type=int, default=1000, help="held-out queries for tuning")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                   help="where the vectors live: a FAISS file (default) or a Milvus collection (index.milvus)")
+    b.add_argument("--uri", default=None, help="Milvus server, e.g. http://127.0.0.1:19530 (default with --backend "
+                                               "milvus: an embedded milvus-lite folder inside the index folder)")
+    b.add_argument("--milvus-index", choices=("HNSW", "FLAT"), default="HNSW", help="Milvus index type")
     b.set_defaults(func=cmd_build)
 
     x = sub.add_parser("export-onnx", help="(re-)export the index model's text tower to ONNX into the index folder")

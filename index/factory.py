@@ -137,6 +137,13 @@ def make_index(factory: str, d: int):
     return index
 
 
+def is_faiss(index) -> bool:
+    """A FAISS index (else another backend's object with the same ``search``/``ntotal``/``d``)."""
+    import faiss
+
+    return isinstance(index, faiss.Index)
+
+
 def ivf_of(index):
     """The ``IndexIVF`` inside ``index`` (through pre-transforms / refine / id maps), or None."""
     import faiss
@@ -314,6 +321,8 @@ def drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
 
 def search_param_name(index) -> str | None:
     """The knob trading speed for recall: ``efSearch`` (HNSW), ``nprobe`` (IVF), or None (exact)."""
+    if not is_faiss(index):  # another backend (index.milvus.MilvusIndex) names its own knob
+        return index.search_param
     if hnsw_of(index) is not None:
         return "efSearch"
     if ivf_of(index) is not None:
@@ -322,6 +331,9 @@ def search_param_name(index) -> str | None:
 
 
 def set_search_params(index, params: dict) -> None:
+    if not is_faiss(index):
+        index.set_params(params)
+        return
     for name, value in (params or {}).items():
         if name == "efSearch":
             hnsw_of(index).hnsw.efSearch = int(value)
@@ -401,6 +413,8 @@ def search(index, xq: np.ndarray, k: int):
     This path is a few microseconds of Python on top of the graph search (``benchmarks/search.py``
     measures both): it is what every CLI query pays."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if not is_faiss(index):
+        return index.search(xq, k)
     if len(xq) < SMALL_BATCH:
         fast = _graph_and_ids(index)
         if fast is not None:

@@ -3,7 +3,7 @@
 PIL's default font is Latin-only, so labels are drawn with a TrueType font that covers every character
 of the label, picked per label from :data:`FONT_CANDIDATES` (checked with fontTools' cmap): DejaVu Sans
 for Latin, Cyrillic and Arabic, WenQuanYi Micro Hei (Debian ``fonts-wqy-microhei``) or Noto CJK for
-Chinese, Japanese and Korean. Arabic needs shaping and right-to-left ordering: PIL does it with its
+Chinese, Japanese and Korean, Lohit Devanagari for Hindi and Garuda for Thai. Arabic needs shaping and right-to-left ordering: PIL does it with its
 raqm layout engine when available. A label no installed font covers is replaced by ``query N`` (and the
 missing package named once on stderr). Hit images are read back from their source: ``shard.tar#key``
 or an image file.
@@ -20,6 +20,8 @@ from pathlib import Path
 FONT_CANDIDATES = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/lohit-devanagari/Lohit-Devanagari.ttf",
+    "/usr/share/fonts/truetype/tlwg/Garuda.ttf",
     "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
     "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from . import factory as fx
-from . import meta
+from . import meta, milvus
 from .api import LoadedIndex, load_index, torch_model, verify
 from .common import (FAISS_NAME, IDS_NAME, INFO_NAME, META_NAME, UserError, atomic_save_npy, atomic_write_json,
                      now_iso, replacing, update_folder)
@@ -76,20 +76,26 @@ def add_items(index_dir: str | os.PathLike, data: str, view: str = "closed", mod
                     "keys": []}
 
         def change(tmp: Path) -> None:
-            index = faiss.read_index(str(tmp / FAISS_NAME))
-            fx.add(index, x, new_ids)
-            with replacing(tmp / FAISS_NAME) as p:
-                faiss.write_index(index, str(p))
+            if info.get("backend") == "milvus":
+                info["milvus"], ntotal = milvus.changed_version(Path(index_dir), tmp, info["milvus"], info["dim"],
+                                                                add=(x, new_ids))
+            else:
+                index = faiss.read_index(str(tmp / FAISS_NAME))
+                fx.add(index, x, new_ids)
+                with replacing(tmp / FAISS_NAME) as p:
+                    faiss.write_index(index, str(p))
+                ntotal = int(index.ntotal)
             conn = meta.connect(tmp / META_NAME)
             try:
                 meta.insert(conn, items)
             finally:
                 conn.close()
             atomic_save_npy(tmp / IDS_NAME, np.concatenate([np.load(tmp / IDS_NAME), new_ids]))
-            info.update(count=info["count"] + len(items), ntotal=int(index.ntotal), updated=now_iso())
+            info.update(count=info["count"] + len(items), ntotal=ntotal, updated=now_iso())
             atomic_write_json(tmp / INFO_NAME, info)
 
         update_folder(index_dir, change)
+        milvus.drop_old_versions(info.get("milvus") or {})
         return {"added": len(items), "already_indexed": len(have), "count": info["count"],
                 "skipped": summary["skipped"], "keys": [it["key"] for it in items]}
     finally:
@@ -124,7 +130,11 @@ def remove_items(index_dir: str | os.PathLike, ids: Sequence[int] = (), keys: Se
 
     def change(tmp: Path) -> None:
         tombstone = bool(info.get("on_disk"))
-        index = faiss.read_index(str(tmp / FAISS_NAME)) if not tombstone else None
+        milvus_n = None
+        if info.get("backend") == "milvus":  # a new version of the collection without them
+            info["milvus"], milvus_n = milvus.changed_version(Path(index_dir), tmp, info["milvus"], info["dim"],
+                                                              remove=gone)
+        index = faiss.read_index(str(tmp / FAISS_NAME)) if not tombstone and milvus_n is None else None
         if index is not None:
             try:
                 removed = index.remove_ids(faiss.IDSelectorBatch(gone))
@@ -143,10 +153,11 @@ def remove_items(index_dir: str | os.PathLike, ids: Sequence[int] = (), keys: Se
             conn.close()
         old = np.load(tmp / IDS_NAME)
         atomic_save_npy(tmp / IDS_NAME, old[~np.isin(old, gone)])
-        ntotal = info["ntotal"] if tombstone else int(index.ntotal)
+        ntotal = milvus_n if milvus_n is not None else info["ntotal"] if tombstone else int(index.ntotal)
         info.update(count=info["count"] - len(gone), ntotal=ntotal, deleted=deleted, updated=now_iso())
         atomic_write_json(tmp / INFO_NAME, info)
         result.update(removed=len(gone), tombstones=tombstone, count=info["count"])
 
     update_folder(index_dir, change)
+    milvus.drop_old_versions(info.get("milvus") or {})
     return result

@@ -9,6 +9,8 @@ need=()
 [ -f /usr/share/unicode/cldr/common/annotations/en.xml ] || need+=(unicode-cldr-core)
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)  # CJK labels in search grids
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)  # Latin, Cyrillic, Arabic labels
+[ -f /usr/share/fonts/truetype/lohit-devanagari/Lohit-Devanagari.ttf ] || need+=(fonts-lohit-deva)  # Hindi labels
+[ -f /usr/share/fonts/truetype/tlwg/Garuda.ttf ] || need+=(fonts-tlwg-garuda-ttf)  # Thai labels
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the search page's browser test (Playwright drives it)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -25,6 +27,6 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "installing Python packages into .venv (torch==2.14.1, torchvision==0.29.1 from local wheels) ..."
   .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,milvus]"
   echo "$want" > "$stamp"
 fi
