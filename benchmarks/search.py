@@ -38,6 +38,12 @@ runs on a warm cache.
 
     python benchmarks/search.py --sizes 100000 1000000          # the reported run (~20 min on 2 cores)
     python benchmarks/search.py --sizes 20000 --no-autofaiss     # a quick check
+    python benchmarks/search.py --sizes 100000 --no-autofaiss --backend faiss milvus --no-e2e   # FAISS vs Milvus
+
+``--backend faiss milvus`` adds the Milvus backend's rows (``index.milvus``: HNSW M=32 in an embedded
+milvus-lite folder, or the server at ``--uri``), built and tuned the way ``python -m index build --backend
+milvus`` does, searched through ``index.milvus.MilvusIndex`` (the client API: gRPC to milvus-lite's
+in-process server), timed side by side with ours.
 """
 from __future__ import annotations
 
@@ -232,6 +238,37 @@ def run_autofaiss(xb, xq, gt, k, budget, target, n_single, work: Path, threads: 
     return rows, index
 
 
+def run_milvus(xb, xq, gt, k, target, n_single, work: Path, ef_construction: int, uri: str | None):
+    """The Milvus backend (``python -m index build --backend milvus``): HNSW (M=32, the same efConstruction)
+    in an embedded milvus-lite folder (or at ``uri``), through ``index.milvus.MilvusIndex`` as the index API
+    uses it; ef tuned like ours (as built: on held-out database vectors; @=recall: on the dataset's queries)."""
+    from index import factory as fx
+    from index import milvus
+    from index.build import tune_on_sample
+
+    folder = work / "milvus"
+    folder.mkdir()
+    ids = np.arange(len(xb), dtype=np.int64)
+    before = rss()
+    t = time.perf_counter()
+    cfg = milvus.build_collection(folder, xb, ids, uri, "bench", "HNSW", ef_construction)
+    index = milvus.MilvusIndex(folder, cfg, xb.shape[1])
+    report = tune_on_sample(index, xb, ids, k, target, 1000, 0)
+    build_s = time.perf_counter() - t
+    grown = rss() - before
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    where = "milvus-lite" if uri is None else "milvus server"
+    rows = [measure(f"milvus HNSW32 ({where}, as built)", index, xq, gt, k, n_single, True, build_s=build_s,
+                    bytes=size, rss=grown, factory="milvus:HNSW", params=_fmt(report["params"]),
+                    self_tuned_recall=report["recall"])]
+    params, _ = retune(index, xq, gt, k, target)
+    rows.append(measure(f"milvus HNSW32 @=recall", index, xq, gt, k, n_single, True, build_s=build_s, bytes=size,
+                        rss=grown, factory="milvus:HNSW", params=_fmt(params)))
+    if uri:
+        milvus.drop_collection(uri, cfg["collection"])
+    return rows, index
+
+
 def insertion_order_copy(index):
     """A copy of our HNSW index with its rows put back in insertion order, undoing the breadth-first
     renumbering of ``index.factory.reorder_graph`` (the benchmark's ids are 0..N-1 in insertion order):
@@ -340,7 +377,7 @@ def table(rows: list[dict], n: int) -> str:
 def ratios(rows: list[dict], target: float) -> list[str]:
     by = {r["name"].split(" ")[0] + (" eq" if "@=recall" in r["name"] else ""): r for r in rows}
     out = []
-    ours, af = by.get("ours eq"), by.get("autofaiss eq")
+    ours, af, mv = by.get("ours eq"), by.get("autofaiss eq"), by.get("milvus eq")
     flats = [r for r in rows if r["name"].startswith("flat")]
     flat = min(flats, key=lambda r: r["p50_ms"]) if flats else None
     if flat and ours:
@@ -359,6 +396,11 @@ def ratios(rows: list[dict], target: float) -> list[str]:
                    f"{af['p99_ms']:.3f} ms, QPS {ours['qps'] / af['qps']:.2f}x, recall {ours['recall']:.3f} vs "
                    f"{af['recall']:.3f}, build {ours['build_s']:.0f} vs {af['build_s']:.0f} s, size "
                    f"{ours['bytes'] / 1e6:.0f} vs {af['bytes'] / 1e6:.0f} MB")
+    if ours and mv:
+        out.append(f"ours (FAISS backend) @=recall vs the Milvus backend @=recall (target {target}): p50 "
+                   f"{ours['p50_ms']:.3f} vs {mv['p50_ms']:.3f} ms ({mv['p50_ms'] / ours['p50_ms']:.1f}x), p99 "
+                   f"{ours['p99_ms']:.3f} vs {mv['p99_ms']:.3f} ms, QPS {ours['qps'] / mv['qps']:.1f}x, recall "
+                   f"{ours['recall']:.3f} vs {mv['recall']:.3f}, build {ours['build_s']:.0f} vs {mv['build_s']:.0f} s")
     return out
 
 
@@ -377,6 +419,10 @@ def main(argv=None) -> int:
     p.add_argument("--e2e-cold-runs", type=int, default=2,
                    help="end-to-end runs each after dropping the page cache (root on Linux; else skipped)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "search"))
+    p.add_argument("--backend", nargs="+", choices=("faiss", "milvus"), default=["faiss"],
+                   help="add 'milvus' for the Milvus backend's rows beside FAISS's (embedded milvus-lite, or --uri)")
+    p.add_argument("--uri", default=None, help="a Milvus server for the milvus rows (default: embedded milvus-lite)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end CLI runs")
     a = p.parse_args(argv)
 
     import faiss
@@ -413,15 +459,27 @@ def main(argv=None) -> int:
                 rows += af_rows
                 if af is not None:
                     sides["autofaiss"] = (af_rows[-1], af, af.search)
+            mv = None
+            if "milvus" in a.backend:
+                mv_rows, mv = run_milvus(xb, xq, gt, k, a.target_recall, a.single, work, a.ef_construction, a.uri)
+                rows += mv_rows
+                sides["milvus"] = (mv_rows[-1], mv, lambda q, kk, i=mv: fx.search(i, q, kk))
             if len(sides) > 1:
                 head_to_head(sides, xq, k, a.single)
-            del sides, ours
+            if mv is not None:
+                mv.close()
+            del sides, ours, mv
         del xb
         results["sizes"][n] = rows
         report.append(table(rows, n))
         report += ratios(rows, a.target_recall)
         report.append("")
         print("\n".join(report[-(len(ratios(rows, a.target_recall)) + 2):]), flush=True)
+    if a.no_e2e:
+        (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+        print("\n\n" + f"search benchmark, SyntheticDataset d=512 IP, {a.threads} threads, target recall@10 "
+              f"{a.target_recall}, faiss {faiss.__version__}\n" + "\n".join(report))
+        return 0
     e2e = end_to_end(Path(a.e2e_index), a.e2e_runs, a.e2e_cold_runs)
     results["end_to_end"] = e2e
     report.append(f"end to end, new process: python {e2e['command']}")
