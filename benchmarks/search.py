@@ -181,9 +181,15 @@ def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_constructio
     from index.common import parse_memory, read_faiss
 
     factory = fx.choose_factory(len(xb), xb.shape[1], parse_memory(budget))
-    say(f"  ours: factory {factory} for budget {budget}")
     before = rss()
     t = time.perf_counter()
+    candidates = fx.graph_candidates(len(xb), xb.shape[1], parse_memory(budget)) if factory.startswith("HNSW") else []
+    if len(candidates) > 1:  # as `index build` does: time the graph variants on a sample, keep the fastest
+        race = fx.race_graphs(xb, candidates, k, target, ef_construction=ef_construction)
+        say("  ours: race " + "; ".join(f"{c['factory']} {_fmt(c['params'])} recall {c['recall']:.3f} p50 "
+                                        f"{c['p50_ms']:.3f} ms" for c in race["candidates"]))
+        factory = race["picked"]
+    say(f"  ours: factory {factory} for budget {budget}")
     index, report = build_index(xb, np.arange(len(xb), dtype=np.int64), factory, target, k, 1000, ef_construction,
                                 progress=False)
     build_s = time.perf_counter() - t

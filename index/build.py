@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 TUNE_QUERIES = 1000
 
 
+def _fmt_params(params: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in (params or {}).items())
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -278,9 +282,11 @@ def build_milvus(tmp: Path, x: np.ndarray, ids: np.ndarray, uri: str | None, nam
 def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = "4G", target_recall: float = 0.95,
               on_disk: bool = False, model: str | None = None, onnx: bool = True, k: int = 10,
               ef_construction: int = 40, n_queries: int = TUNE_QUERIES, seed: int = 0, progress: bool = True,
-              backend: str = "faiss", uri: str | None = None, milvus_index: str = "HNSW") -> dict:
+              backend: str = "faiss", uri: str | None = None, milvus_index: str = "HNSW", race: bool = True) -> dict:
     """The ``build`` command: returns ``index.json``. ``backend="milvus"``: the vectors go into a Milvus
-    collection (``uri``: a server; default an embedded milvus-lite folder inside the index folder)."""
+    collection (``uri``: a server; default an embedded milvus-lite folder inside the index folder).
+    ``race``: when the chosen factory is a graph and several graph variants fit the budget, build each on a
+    sample and keep the fastest at the target recall (:func:`index.factory.race_graphs`; ``--factory`` skips it)."""
     import faiss
 
     if not 0 < target_recall <= 1:
@@ -315,8 +321,11 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
             f"{' (chosen)' if not factory else ''}, estimated {human_bytes(est)} of {human_bytes(budget)}"
             f"{', on disk' if on_disk else ''}")
     result: dict = {}
+    candidates = fx.graph_candidates(n, d, budget) if (backend == "faiss" and race and not factory and not on_disk
+                                                      and chosen.startswith("HNSW")) else []
 
     def write(tmp: Path) -> None:
+        nonlocal chosen
         ids = write_metadata(emb_dir, names, tmp / META_NAME)
         atomic_save_npy(tmp / IDS_NAME, ids)
         milvus_cfg, ntotal = None, None
@@ -331,6 +340,14 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
             index, report = build_on_disk(emb_dir, names, chosen, tmp, target_recall, k, n_queries, seed, progress)
         else:
             x, _ = load_all(emb_dir, names)
+            if len(candidates) > 1:
+                say(f"build: racing {', '.join(candidates)} on a sample (fastest at recall@{k} >= {target_recall})")
+                result["factory_race"] = fx.race_graphs(x, candidates, k, target_recall, ef_construction=ef_construction,
+                                                        seed=seed)
+                chosen = result["factory_race"]["picked"]
+                say("build: " + "; ".join(f"{c['factory']} {_fmt_params(c['params'])} recall {c['recall']:.3f} p50 "
+                                          f"{c['p50_ms']:.3f} ms" for c in result["factory_race"]["candidates"])
+                    + f" -> {chosen}")
             index, report = build_index(x, ids, chosen, target_recall, k, n_queries, ef_construction, seed, progress)
             del x
             with replacing(tmp / FAISS_NAME) as p:
@@ -345,11 +362,13 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
             else model_path
         info = {"format": FORMAT_VERSION, "backend": backend, "model": model_info, "dim": d, "metric": "inner_product",
                 "factory": chosen, "factory_chosen": factory is None, "max_memory": budget,
-                "estimated_bytes": est, "on_disk": on_disk, "params": report["params"],
+                "estimated_bytes": fx.estimate_memory(chosen, n, d) if backend == "faiss" else 0,
+                "on_disk": on_disk, "params": report["params"],
                 "count": int(n), "ntotal": int(ntotal if milvus_cfg else index.ntotal), "deleted": 0,
                 "index_bytes": sum(p.stat().st_size for p in tmp.rglob("*")
                                    if p.is_file() and (p.name.startswith("index.") or ".milvus.db" in str(p))),
                 **({"milvus": milvus_cfg} if milvus_cfg else {}),
+                **({"factory_race": result["factory_race"]} if "factory_race" in result else {}),
                 "tuning": report, "text_encoder": text_encoder,
                 "embeddings": {"dir": str(emb_dir.resolve()), "dtype": einfo.get("dtype"), "data": einfo.get("data"),
                                "view": einfo.get("view")},

@@ -61,7 +61,7 @@ def cmd_build(a) -> None:
     info = run_build(a.emb, a.out, factory=a.factory, max_memory=a.max_memory, target_recall=a.target_recall,
                      on_disk=a.on_disk, model=a.model, onnx=not a.no_onnx, ef_construction=a.ef_construction,
                      n_queries=a.tune_queries, seed=a.seed, progress=not a.no_progress, backend=a.backend,
-                     uri=a.uri, milvus_index=a.milvus_index)
+                     uri=a.uri, milvus_index=a.milvus_index, race=not a.no_race)
     t = info["tuning"]
     print(f"built {a.out}: {info['count']} vectors, {info['factory']} {info['params'] or ''}, "
           f"recall@{t['recall_k']} {t['recall']:.3f} (target {t['target_recall']}, {t['tune_queries']} held-out "
@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "recorded by embed)")
     b.add_argument("--no-onnx", action="store_true", help="do not export the text tower (search then uses torch)")
     b.add_argument("--ef-construction", type=int, default=40, help="HNSW efConstruction")
+    b.add_argument("--no-race", action="store_true", help="keep the rule's graph variant instead of timing fp32, "
+                                                          "fp16 and SQ8 graphs on a sample and keeping the fastest")
     b.add_argument("--tune-queries", type=int, default=1000, help="held-out queries for tuning")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-progress", action="store_true")

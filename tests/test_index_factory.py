@@ -226,3 +226,30 @@ def test_benchmark_insertion_order_copy_undoes_the_reordering():
     got = plain.search(xq, 10)
     assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], atol=1e-6)
     assert np.allclose(plain.reconstruct(7), x[7], atol=1e-2)
+
+
+def test_race_graphs_picks_the_fastest_that_reaches_the_target():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rep = fx.race_graphs(x, list(fx.GRAPH_CANDIDATES), k=10, target=0.9, sample=2500, n_queries=100, rounds=2)
+    assert rep["sample"] == 2500 and rep["queries"] == 100
+    assert [c["factory"] for c in rep["candidates"]] == list(fx.GRAPH_CANDIDATES)
+    reached = [c for c in rep["candidates"] if c["reached"]]
+    assert reached and all(c["recall"] >= 0.9 for c in reached)
+    assert rep["picked"] == min(reached, key=lambda c: c["p50_ms"])["factory"]
+    assert fx.graph_candidates(1_000_000, 512, 1 << 30) == ["HNSW32,SQ8"]  # only 8-bit codes fit 1 GiB
+
+
+def test_build_records_the_race(emb, tmp_path, monkeypatch):
+    import json
+
+    from index.build import run_build
+
+    monkeypatch.setattr(fx, "FLAT_MAX_N", 50)  # the 98-vector set counts as large: a graph is chosen
+    info = run_build(str(emb), str(tmp_path / "idx"), onnx=False, progress=False)
+    race = info["factory_race"]
+    assert info["factory"] == race["picked"] in fx.GRAPH_CANDIDATES and len(race["candidates"]) == 3
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["factory_race"] == race
+    info = run_build(str(emb), str(tmp_path / "norace"), onnx=False, progress=False, race=False)
+    assert info["factory"] == "HNSW32,SQfp16" and "factory_race" not in info
