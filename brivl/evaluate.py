@@ -30,10 +30,14 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int]
 
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
                       ks: Sequence[int] = KS) -> dict[str, dict[str, float]]:
-    """image_emb (N, D), text_emb (T, D) normalized; text_to_image (T,) the image index of each text."""
+    """image_emb (N, D), text_emb (T, D) normalized; text_to_image: (T,) the image index of each text, or
+    a (T, N) bool matrix of positives (a concept drawn in several styles: any of its renders is a hit)."""
     sim = text_emb @ image_emb.T  # (T, N)
-    pos = torch.zeros_like(sim, dtype=torch.bool)
-    pos[torch.arange(len(text_to_image)), text_to_image] = True
+    if text_to_image.dim() == 2:
+        pos = text_to_image.to(torch.bool)
+    else:
+        pos = torch.zeros_like(sim, dtype=torch.bool)
+        pos[torch.arange(len(text_to_image)), text_to_image] = True
     has_text = pos.any(dim=0)  # images with at least one text in this language are i2t queries
     t2i = recall_at_k(sim, pos, ks)
     i2t = recall_at_k(sim.T[has_text], pos.T[has_text], ks)
@@ -62,16 +66,31 @@ def chance_recall(n_gallery: int, n_pos: int = 1, k: int = 1) -> float:
     return 1.0 - comb(n_gallery - n_pos, k) / comb(n_gallery, k)
 
 
-def texts_by_language(metas: list[dict], langs: Sequence[str]) -> dict[str, tuple[list[str], list[int]]]:
-    """For each language: the captions of every sample and the index of their image."""
+def concept_of(metas: list[dict]) -> list[int]:
+    """The concept index of each sample: samples with the same ``id`` in their metadata (one emoji drawn in
+    several styles) are one concept; a sample without an id is its own."""
+    ids: dict = {}
+    return [ids.setdefault(m.get("id", ("#", i)), len(ids)) for i, m in enumerate(metas)]
+
+
+def texts_by_language(metas: list[dict], langs: Sequence[str]) -> dict[str, tuple[list[str], torch.Tensor]]:
+    """For each language: the captions of every concept (once per concept, from its first sample) and the
+    (T, N) bool matrix of their positives: every image of the caption's concept (clip_benchmark's
+    convention: a text query is answered by any render of its concept)."""
+    concept = torch.tensor(concept_of(metas))
+    first: dict[int, int] = {}
+    for i, c in enumerate(concept.tolist()):
+        first.setdefault(c, i)
     out = {}
     for lang in langs:
         texts, owners = [], []
-        for i, m in enumerate(metas):
-            for c in (m.get("captions") or {}).get(lang, []):
-                texts.append(c)
-                owners.append(i)
-        out[lang] = (texts, owners)
+        for c, i in first.items():
+            for cap in (metas[i].get("captions") or {}).get(lang, []):
+                texts.append(cap)
+                owners.append(c)
+        pos = torch.tensor(owners, dtype=torch.long)[:, None] == concept[None, :] if owners else \
+            torch.zeros(0, len(metas), dtype=torch.bool)
+        out[lang] = (texts, pos)
     return out
 
 
@@ -94,24 +113,28 @@ def evaluate_model(model, images: torch.Tensor, metas: list[dict], langs: Sequen
         if not texts:
             continue
         text_emb = model.embed_texts(texts, batch_size)
-        m = retrieval_metrics(image_emb, text_emb, torch.tensor(owners))
+        m = retrieval_metrics(image_emb, text_emb, owners)
         m["n_queries"] = len(texts)
         result["languages"][lang] = m
-        if zeroshot:
-            prompts = [class_prompts(meta, lang) for meta in metas]
-            flat = [p for ps in prompts for p in ps]
+        if zeroshot:  # one class per concept (prompts from its first sample); every render is labelled with it
+            concept = concept_of(metas)
+            first: dict[int, int] = {}
+            for i, c in enumerate(concept):
+                first.setdefault(c, i)
+            prompts = {c: class_prompts(metas[i], lang) for c, i in first.items()}
+            flat = [p for ps in prompts.values() for p in ps]
             emb = model.embed_texts(flat, batch_size)
-            cls, labels, j = [], [], 0
-            for ps in prompts:
+            cls, label_of, j = [], {}, 0
+            for c, ps in prompts.items():
                 if ps:
                     cls.append(torch.nn.functional.normalize(emb[j:j + len(ps)].mean(0), dim=-1))
-                    labels.append(len(cls) - 1)
-                else:
-                    labels.append(-1)
+                    label_of[c] = len(cls) - 1
                 j += len(ps)
-            result["zeroshot"][lang] = zeroshot_metrics(image_emb, torch.stack(cls), torch.tensor(labels))
+            labels = torch.tensor([label_of.get(c, -1) for c in concept])
+            result["zeroshot"][lang] = zeroshot_metrics(image_emb, torch.stack(cls), labels)
     n = len(metas)
-    result["chance"] = {f"R@{k}": chance_recall(n, 1, k) for k in KS}
+    per_concept = n / max(1, len(set(concept_of(metas))))  # renders per concept: the positives of a text query
+    result["chance"] = {f"R@{k}": chance_recall(n, round(per_concept), k) for k in KS}
     return result
 
 

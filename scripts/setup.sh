@@ -19,6 +19,15 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# Twemoji for `brivl data emoji --styles twemoji` (CC BY 4.0): the pinned npm package, its 64 px PNGs only
+TW=data/sources/emoji-datasource-twitter-16.0.0
+if [ ! -d "$TW/package/img/twitter/64" ] && command -v npm >/dev/null 2>&1; then
+  echo "fetching emoji-datasource-twitter@16.0.0 (npm) into $TW"
+  mkdir -p "$TW"
+  (cd "$TW" && tgz=$(npm pack --silent emoji-datasource-twitter@16.0.0) \
+    && tar xzf "$tgz" package/img/twitter/64 package/LICENSE package/package.json && rm -f "$tgz")
+fi
+
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

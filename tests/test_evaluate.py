@@ -82,3 +82,24 @@ def test_format_table_has_every_language():
            "chance": {"R@1": 0.2, "R@5": 1.0, "R@10": 1.0}}
     table = format_table(res, "t")
     assert all(f"\n{lang} " in table for lang in ("en", "zh", "mean")) and "chance (N=5)" in table
+
+
+def test_a_concept_in_several_styles_is_one_query_answered_by_any_render():
+    from brivl.evaluate import concept_of, texts_by_language
+
+    metas = [{"id": "a", "captions": {"en": ["cat"]}}, {"id": "b", "captions": {"en": ["dog"]}},
+             {"id": "a", "captions": {"en": ["cat"]}}, {"captions": {"en": ["sun"]}}]
+    assert concept_of(metas) == [0, 1, 0, 2]
+    texts, pos = texts_by_language(metas, ["en"])["en"]
+    assert texts == ["cat", "dog", "sun"]  # once per concept
+    assert pos.tolist() == [[True, False, True, False], [False, True, False, False], [False, False, False, True]]
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    res = retrieval_metrics(img, txt, pos, ks=(1, 2))
+    sim = txt @ img.T
+    for k in (1, 2):  # brute force: a text is a hit when any render of its concept is in its top k
+        hits = [any(pos[t, j] for j in sim[t].argsort(descending=True)[:k].tolist()) for t in range(3)]
+        assert res["t2i"][f"R@{k}"] == pytest.approx(sum(hits) / 3)
+        hits = [any(pos[t, i] for t in sim[:, i].argsort(descending=True)[:k].tolist()) for i in range(4)]
+        assert res["i2t"][f"R@{k}"] == pytest.approx(sum(hits) / 4)

