@@ -383,6 +383,11 @@ def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, workers: in
     from uvicorn.supervisors import Multiprocess
 
     config = {"index_dir": str(index_dir), **options}
+    info = api.read_info(index_dir)
+    if workers > 1 and info.get("backend") == "milvus" and not info["milvus"].get("uri"):
+        raise UserError(f"{index_dir} keeps its vectors in an embedded milvus-lite folder, which one process opens "
+                        "at a time: serve it with --workers 1, or build it on a Milvus server "
+                        "(`python -m index build --backend milvus --uri http://HOST:19530`) for several workers")
     create_app(**config).state.served.get().close()  # fail now, in the parent, on a bad folder or option
     os.environ[CONFIG_ENV] = json.dumps(config)
     uv = uvicorn.Config("index.serve:app_from_env", factory=True, host=host, port=port, workers=workers,

@@ -237,7 +237,10 @@ def test_race_graphs_picks_the_fastest_that_reaches_the_target():
     assert [c["factory"] for c in rep["candidates"]] == list(fx.GRAPH_CANDIDATES)
     reached = [c for c in rep["candidates"] if c["reached"]]
     assert reached and all(c["recall"] >= 0.9 for c in reached)
-    assert rep["picked"] == min(reached, key=lambda c: c["p50_ms"])["factory"]
+    fastest = min(c["p50_ms"] for c in reached)
+    close = [c["factory"] for c in reached if c["p50_ms"] <= fastest * (1 + fx.RACE_TIE)]
+    smallest = min(close, key=lambda f: fx.estimate_memory(f, 3000, 32))
+    assert rep["picked"] == smallest  # the fastest, or a smaller one within the noise margin of it
     assert fx.graph_candidates(1_000_000, 512, 1 << 30) == ["HNSW32,SQ8"]  # only 8-bit codes fit 1 GiB
 
 

@@ -165,3 +165,22 @@ def test_milvus_bad_input_is_one_line(emb, tmp_path):
         run_build(str(emb), str(tmp_path / "c"), backend="milvus", uri=f"http://127.0.0.1:{port}", onnx=False,
                   progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_embedded_milvus_is_one_process_at_a_time_with_clear_errors(emb, tmp_path):
+    from index.serve import serve
+
+    out = tmp_path / "idx"
+    run_build(str(emb), str(out), backend="milvus", milvus_index="FLAT", progress=False)
+    with pytest.raises(UserError, match="serve it with --workers 1"):
+        serve(str(out), workers=2)
+    idx = api.load_index(out)  # this process holds the embedded folder's lock
+    try:
+        r = subprocess.run([sys.executable, "-m", "index", "search", "--index", str(out), "cat"],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        idx.close()
+    assert r.returncode == 2 and "another process has it open" in r.stderr and "Traceback" not in r.stderr
+    idx = api.load_index(out)  # released: opens again
+    assert idx.index.ntotal == idx.count
+    idx.close()
