@@ -62,8 +62,15 @@ def location(folder: str | os.PathLike, cfg: dict) -> str:
 
 def connect(uri: str):
     """``MilvusClient(uri)``: a ``.db`` path (milvus-lite, embedded) or a server URI, with a one-line error."""
+    import logging
+
     from pymilvus import MilvusClient
 
+    # milvus-lite logs a full traceback when it cannot start (its folder locked by another process); the
+    # one-line error below says it instead
+    quiet = logging.getLogger("milvus_lite.server_manager")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         return MilvusClient(uri)
     except Exception as e:  # pymilvus raises its own MilvusException, or ConnectionError-like errors
@@ -71,6 +78,8 @@ def connect(uri: str):
                 "from a Milvus server (`python -m index build --backend milvus --uri http://HOST:19530`)"
                 if uri.endswith(".db") else "is the server running and reachable?")
         raise UserError(f"cannot open Milvus at {uri}: {str(e).strip().splitlines()[0][:200]}; {hint}") from e
+    finally:
+        quiet.setLevel(level)
 
 
 def release(uri: str) -> None:
