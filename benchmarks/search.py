@@ -9,7 +9,8 @@ Per N, in one process (so the rows are comparable), with ``faiss.omp_set_num_thr
   flat          exact ``IndexFlatIP``
   ours          ``index.factory.choose_factory(N, 512, --max-memory)``, built by ``index.build.build_index``
                 exactly as ``python -m index build`` does (train, add, tune efSearch/nprobe on 1000 held-out
-                database vectors to recall@10 >= --target-recall); recall measured on the dataset's queries
+                training vectors, neither database vectors nor the reported queries, to recall@10 >=
+                --target-recall); recall measured on the dataset's queries
   autofaiss     ``autofaiss.build_index(max_index_memory_usage=--max-memory, current_memory_available=16G,
                 metric_type='ip', nb_cores=--threads, max_index_query_time_ms=10)`` in its own venv
                 (``benchmarks/setup_autofaiss.sh``: it needs numpy<2), as delivered (its efSearch/nprobe)
@@ -175,7 +176,7 @@ def run_flat(xb, xq, k, n_single):
     return rows, gt
 
 
-def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_construction: int):
+def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_construction: int, xt=None):
     from index import factory as fx
     from index.build import build_index
     from index.common import parse_memory, read_faiss
@@ -190,8 +191,9 @@ def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_constructio
                                         f"{c['p50_ms']:.3f} ms" for c in race["candidates"]))
         factory = race["picked"]
     say(f"  ours: factory {factory} for budget {budget}")
+    # tuned on the dataset's training vectors: neither database vectors nor the reported queries
     index, report = build_index(xb, np.arange(len(xb), dtype=np.int64), factory, target, k, 1000, ef_construction,
-                                progress=False)
+                                progress=False, tune_queries=xt)
     build_s = time.perf_counter() - t
     grown = rss() - before
     path = work / f"ours-{len(xb)}.index"
@@ -244,10 +246,10 @@ def run_autofaiss(xb, xq, gt, k, budget, target, n_single, work: Path, threads: 
     return rows, index
 
 
-def run_milvus(xb, xq, gt, k, target, n_single, work: Path, ef_construction: int, uri: str | None):
+def run_milvus(xb, xq, gt, k, target, n_single, work: Path, ef_construction: int, uri: str | None, xt=None):
     """The Milvus backend (``python -m index build --backend milvus``): HNSW (M=32, the same efConstruction)
     in an embedded milvus-lite folder (or at ``uri``), through ``index.milvus.MilvusIndex`` as the index API
-    uses it; ef tuned like ours (as built: on held-out database vectors; @=recall: on the dataset's queries)."""
+    uses it; ef tuned like ours (as built: on the same tuning queries; @=recall: on the dataset's queries)."""
     from index import factory as fx
     from index import milvus
     from index.build import tune_on_sample
@@ -259,7 +261,11 @@ def run_milvus(xb, xq, gt, k, target, n_single, work: Path, ef_construction: int
     t = time.perf_counter()
     cfg = milvus.build_collection(folder, xb, ids, uri, "bench", "HNSW", ef_construction)
     index = milvus.MilvusIndex(folder, cfg, xb.shape[1])
-    report = tune_on_sample(index, xb, ids, k, target, 1000, 0)
+    if xt is not None:  # the same tuning queries as ours
+        _, rows = fx.exact_knn(xt, xb, k)
+        report = tune_on_sample(index, xb, ids, k, target, len(xt), 0, external=(xt, ids[rows]))
+    else:
+        report = tune_on_sample(index, xb, ids, k, target, 1000, 0)
     build_s = time.perf_counter() - t
     grown = rss() - before
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -445,12 +451,13 @@ def main(argv=None) -> int:
         say(f"N={n}: generating SyntheticDataset(512, 100000, {n}, 1000, metric='IP') ...")
         ds = SyntheticDataset(512, 100_000, n, 1000, metric="IP")
         xb, xq = np.ascontiguousarray(ds.get_database()), np.ascontiguousarray(ds.get_queries())
+        xt = np.ascontiguousarray(ds.get_train(1000))  # tuning queries: not in the database, not reported
         del ds
         with tempfile.TemporaryDirectory(dir=out) as tmp:
             work = Path(tmp)
             flat, gt = run_flat(xb, xq, k, max(20, a.single // 3))
             ours_rows, ours = run_ours(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work,
-                                       a.ef_construction)
+                                       a.ef_construction, xt)
             rows = flat + ours_rows
             sides = {"ours": (ours_rows[-1], ours, lambda q, kk, i=ours: fx.search(i, q, kk))}
             if fx.hnsw_of(ours) is not None:
@@ -467,7 +474,8 @@ def main(argv=None) -> int:
                     sides["autofaiss"] = (af_rows[-1], af, af.search)
             mv = None
             if "milvus" in a.backend:
-                mv_rows, mv = run_milvus(xb, xq, gt, k, a.target_recall, a.single, work, a.ef_construction, a.uri)
+                mv_rows, mv = run_milvus(xb, xq, gt, k, a.target_recall, a.single, work, a.ef_construction, a.uri,
+                                         xt)
                 rows += mv_rows
                 sides["milvus"] = (mv_rows[-1], mv, lambda q, kk, i=mv: fx.search(i, q, kk))
             if len(sides) > 1:

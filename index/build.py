@@ -109,8 +109,11 @@ def exact_truth(emb_dir: Path, names: list[str], xq: np.ndarray, k: int) -> np.n
 
 
 def build_index(x: np.ndarray, ids: np.ndarray, factory: str, target_recall: float = 0.95, k: int = 10,
-                n_queries: int = TUNE_QUERIES, ef_construction: int = 40, seed: int = 0, progress: bool = True):
-    """Train, add, tune an in-memory index; returns ``(index, report)``. Pure apart from progress lines."""
+                n_queries: int = TUNE_QUERIES, ef_construction: int = 40, seed: int = 0, progress: bool = True,
+                tune_queries: np.ndarray | None = None):
+    """Train, add, tune an in-memory index; returns ``(index, report)``. Pure apart from progress lines.
+    ``tune_queries``: tune on these (vectors that are neither in the database nor the reported queries)
+    instead of held-out database vectors."""
     n, d = x.shape
     t0 = time.perf_counter()
     index = fx.make_index(factory, d)
@@ -123,13 +126,28 @@ def build_index(x: np.ndarray, ids: np.ndarray, factory: str, target_recall: flo
     t = time.perf_counter()
     reordered = fx.reorder_graph(index)  # same results, better memory locality (HNSW only)
     reorder_s = time.perf_counter() - t
-    tuning = tune_on_sample(index, x, ids, k, target_recall, n_queries, seed)
+    if tune_queries is not None:
+        xq = np.ascontiguousarray(tune_queries, dtype=np.float32)
+        _, rows = fx.exact_knn(xq, x, min(k, len(ids)))
+        tuning = tune_on_sample(index, x, ids, k, target_recall, len(xq), seed, external=(xq, ids[rows]))
+    else:
+        tuning = tune_on_sample(index, x, ids, k, target_recall, n_queries, seed)
     report = {"train_s": round(train_s, 2), "add_s": round(add_s, 2), "build_s": round(time.perf_counter() - t0, 2),
               **({"graph_reorder_s": round(reorder_s, 2)} if reordered else {}), **tuning}
     return index, report
 
 
-def tune_on_sample(index, x, ids, k, target, n_queries, seed, truth=None, q_rows=None) -> dict:
+def tune_on_sample(index, x, ids, k, target, n_queries, seed, truth=None, q_rows=None, external=None) -> dict:
+    """Tune ``efSearch``/``nprobe`` on held-out database vectors (each query's own vector left out of both
+    sides), or on ``external`` = (queries, their exact top-k ids) that are not database vectors."""
+    if external is not None:
+        t = time.perf_counter()
+        kk = min(k, len(ids))
+        res = fx.tune(index, np.asarray(external[0], np.float32), external[1], kk, target)
+        return {"params": res.params, "recall": round(res.recall, 4), "recall_k": kk, "target_recall": target,
+                "reached": res.reached, "tune_queries": int(len(external[0])), "tune_on": "external queries",
+                "tune_s": round(time.perf_counter() - t, 2),
+                "tried": [[v, round(r, 4), round(ms, 4)] for v, r, ms in res.tried]}
     q_rows = fx.sample_rows(len(ids), n_queries, seed + 1) if q_rows is None else q_rows
     xq = np.asarray(x[q_rows] if x is not None else truth[0], dtype=np.float32)
     if truth is None:

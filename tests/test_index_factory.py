@@ -256,3 +256,16 @@ def test_build_records_the_race(emb, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["factory_race"] == race
     info = run_build(str(emb), str(tmp_path / "norace"), onnx=False, progress=False, race=False)
     assert info["factory"] == "HNSW32,SQfp16" and "factory_race" not in info
+
+
+def test_build_tunes_on_given_queries_outside_the_database():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4000, 32)).astype(np.float32)
+    xt = rng.standard_normal((200, 32)).astype(np.float32)  # neither database vectors nor reported queries
+    index, report = build_index(x, np.arange(4000, dtype=np.int64) + 7, "HNSW32", 0.9, 10, progress=False,
+                                tune_queries=xt)
+    assert report["tune_on"] == "external queries" and report["tune_queries"] == 200 and report["reached"]
+    _, truth = fx.exact_knn(xt, x, 10)
+    _, found = index.search(xt, 10)
+    recall = fx.recall_at_k(found, truth + 7, 10)
+    assert recall == pytest.approx(report["recall"], abs=1e-4) and recall >= 0.9
