@@ -24,9 +24,11 @@ Per N, in one process (so the rows are comparable), with ``faiss.omp_set_num_thr
 Both sides are timed on the index as read back from its file, the way ``python -m index search`` (ours)
 or a user of autofaiss's output loads it.
 
-Columns: build time (wall; autofaiss: its subprocess, data loading included), index file size, RSS growth of
-this process while building (ours; autofaiss builds in another process, so its peak RSS is reported from
-that process), single-query latency p50/p99 (one query per ``search`` call, --single queries), batch QPS
+Columns: build time (wall of the build's own process, data loading included, for ours and autofaiss alike),
+index file size, peak RSS of that process (``VmHWM`` of ``/proc/self/status`` at its end: the high-water mark of
+its own address space; ``getrusage``'s ``ru_maxrss`` would carry the parent's RSS over ``exec``; the same measure
+for both; the Milvus rows: RSS
+growth of this process, its server runs in-process), single-query latency p50/p99 (one query per ``search`` call, --single queries), batch QPS
 (all queries in one call, --threads threads), recall@10. Single queries of ours go through
 ``index.factory.search`` as ``python -m index search`` does: 1 OpenMP thread for batches < 8 on a graph/IVF
 index (our IndexIDMap2 wrapper otherwise opens an OpenMP region per query, whose thread wake-up costs ~8 ms
@@ -66,7 +68,7 @@ sys.path.insert(0, str(REPO))
 FINE_EF = (10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096)
 FINE_NPROBE = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096)
 AUTOFAISS_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from autofaiss import build_index
 emb, index_path, infos_path, budget, cores = sys.argv[1:6]
 t = time.perf_counter()
@@ -74,7 +76,7 @@ build_index(embeddings=emb, index_path=index_path, index_infos_path=infos_path, 
             current_memory_available="16G", metric_type="ip", nb_cores=int(cores), max_index_query_time_ms=10,
             verbose=30)
 print(json.dumps({"build_s": time.perf_counter() - t,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]}))
 """
 
 
@@ -176,37 +178,66 @@ def run_flat(xb, xq, k, n_single):
     return rows, gt
 
 
-def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_construction: int, xt=None):
-    from index import factory as fx
-    from index.build import build_index
-    from index.common import parse_memory, read_faiss
+OURS_CHILD = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import faiss
+from index import factory as fx
+from index.build import build_index
+from index.common import parse_memory
+emb, xt_path, index_path, budget, target, k, efc, threads = sys.argv[2:10]
+faiss.omp_set_num_threads(int(threads))
+t = time.perf_counter()
+xb = np.load(emb)
+xt = np.load(xt_path)
+factory = fx.choose_factory(len(xb), xb.shape[1], parse_memory(budget))
+race = None
+candidates = fx.graph_candidates(len(xb), xb.shape[1], parse_memory(budget)) if factory.startswith("HNSW") else []
+if len(candidates) > 1:  # as `index build` does: time the graph variants on a sample, keep the fastest
+    race = fx.race_graphs(xb, candidates, int(k), float(target), ef_construction=int(efc))
+    factory = race["picked"]
+index, report = build_index(xb, np.arange(len(xb), dtype=np.int64), factory, float(target), int(k), 1000, int(efc),
+                            progress=False, tune_queries=xt)
+faiss.write_index(index, index_path)
+print(json.dumps({"build_s": time.perf_counter() - t, "factory": factory, "report": report, "race": race,
+                  "peak_rss": [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]}))
+"""
 
-    factory = fx.choose_factory(len(xb), xb.shape[1], parse_memory(budget))
-    before = rss()
+
+def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_construction: int, xt, threads: int):
+    """Ours, built the way autofaiss is measured: in its own process that loads the vectors from an .npy file,
+    builds (graph race, train, add, reorder, tune on ``xt``), writes the index and reports its peak RSS
+    (``getrusage``); then read back from its file, as ``python -m index search`` serves it."""
+    from index import factory as fx
+    from index.common import read_faiss
+
+    emb, xt_path, path = work / "ours-emb.npy", work / "ours-xt.npy", work / f"ours-{len(xb)}.index"
+    np.save(emb, xb)
+    np.save(xt_path, xt)
     t = time.perf_counter()
-    candidates = fx.graph_candidates(len(xb), xb.shape[1], parse_memory(budget)) if factory.startswith("HNSW") else []
-    if len(candidates) > 1:  # as `index build` does: time the graph variants on a sample, keep the fastest
-        race = fx.race_graphs(xb, candidates, k, target, ef_construction=ef_construction)
+    r = subprocess.run([sys.executable, "-c", OURS_CHILD, str(REPO), str(emb), str(xt_path), str(path), budget,
+                        str(target), str(k), str(ef_construction), str(threads)], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    emb.unlink()
+    if r.returncode != 0:
+        raise RuntimeError(f"our build failed: {r.stderr.strip()[-800:]}")
+    child = json.loads(r.stdout.strip().splitlines()[-1])
+    factory, report = child["factory"], child["report"]
+    if child["race"]:
         say("  ours: race " + "; ".join(f"{c['factory']} {_fmt(c['params'])} recall {c['recall']:.3f} p50 "
-                                        f"{c['p50_ms']:.3f} ms" for c in race["candidates"]))
-        factory = race["picked"]
-    say(f"  ours: factory {factory} for budget {budget}")
-    # tuned on the dataset's training vectors: neither database vectors nor the reported queries
-    index, report = build_index(xb, np.arange(len(xb), dtype=np.int64), factory, target, k, 1000, ef_construction,
-                                progress=False, tune_queries=xt)
-    build_s = time.perf_counter() - t
-    grown = rss() - before
-    path = work / f"ours-{len(xb)}.index"
-    size = file_size(index, path)
-    # timed as `python -m index search` serves it: read back from its file (as autofaiss's index is)
-    del index
+                                        f"{c['p50_ms']:.3f} ms" for c in child["race"]["candidates"]))
+    say(f"  ours: factory {factory} for budget {budget}, built in {wall:.0f} s, peak RSS "
+        f"{child['peak_rss'] / 1e6:.0f} MB")
+    size = path.stat().st_size
     index = read_faiss(path)
     fx.set_search_params(index, report["params"])
-    rows = [measure(f"ours {factory} (as built)", index, xq, gt, k, n_single, True, build_s=build_s, bytes=size, rss=grown,
-                    factory=factory, params=_fmt(report["params"]), self_tuned_recall=report["recall"])]
+    rows = [measure(f"ours {factory} (as built)", index, xq, gt, k, n_single, True, build_s=wall, bytes=size,
+                    rss=child["peak_rss"], factory=factory, params=_fmt(report["params"]),
+                    self_tuned_recall=report["recall"])]
     params, _ = retune(index, xq, gt, k, target)
-    rows.append(measure(f"ours {factory} @=recall", index, xq, gt, k, n_single, True, build_s=build_s, bytes=size,
-                        rss=grown, factory=factory, params=_fmt(params)))
+    rows.append(measure(f"ours {factory} @=recall", index, xq, gt, k, n_single, True, build_s=wall, bytes=size,
+                        rss=child["peak_rss"], factory=factory, params=_fmt(params)))
     return rows, index
 
 
@@ -457,7 +488,7 @@ def main(argv=None) -> int:
             work = Path(tmp)
             flat, gt = run_flat(xb, xq, k, max(20, a.single // 3))
             ours_rows, ours = run_ours(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work,
-                                       a.ef_construction, xt)
+                                       a.ef_construction, xt, a.threads)
             rows = flat + ours_rows
             sides = {"ours": (ours_rows[-1], ours, lambda q, kk, i=ours: fx.search(i, q, kk))}
             if fx.hnsw_of(ours) is not None:
