@@ -102,19 +102,21 @@ def cmd_languages(a) -> None:
     from .languages import language_checks, language_table, plot_languages
 
     langs = covered_languages(a.data)
-    views = {v: load_view(a.data, v) for v in ("closed", "test")}
+    views = {v: load_view(a.data, v) for v in ("closed", "train", "test")}
     scripts = {lang: script_of([n for s in views["closed"][0] for n in (s["meta"].get("captions") or {}).get(lang, [])])
                for lang in langs}
 
     def evaluate(folder: str) -> dict:
+        """Each view from the export's own eval.json when it covers every language, else evaluated here."""
         saved = Path(folder) / "eval.json"
-        if saved.is_file():  # the export's own eval.json, when it already covers every language
-            res = json.loads(saved.read_text())
-            if all(set(langs) <= set(res.get(v, {}).get("languages", {})) for v in views):
-                return {v: res[v] for v in views}
-        model = create_model(folder)
-        print(f"evaluating {folder} in {len(langs)} languages ...", flush=True)
-        return {v: run_eval(model, a.data, v, langs, name=folder, loaded=views[v]) for v in views}
+        res = json.loads(saved.read_text()) if saved.is_file() else {}
+        out = {v: res[v] for v in views if set(langs) <= set(res.get(v, {}).get("languages", {}))}
+        missing = [v for v in views if v not in out]
+        if missing:
+            model = create_model(folder)
+            print(f"evaluating {folder} in {len(langs)} languages on {', '.join(missing)} ...", flush=True)
+            out.update({v: run_eval(model, a.data, v, langs, name=folder, loaded=views[v]) for v in missing})
+        return out
 
     teacher = json.loads((Path(a.teacher) / "eval.json").read_text())["closed"]["languages"]["en"]["t2i"]["R@1"]
     student, reference, baseline = evaluate(a.model), evaluate(a.reference), evaluate(a.baseline)
@@ -125,7 +127,7 @@ def cmd_languages(a) -> None:
     atomic_write_json(out / "languages.json", {
         "model": a.model, "teacher": a.teacher, "reference": a.reference, "baseline": a.baseline, "data": a.data,
         "languages": langs, "scripts": scripts, "checks": checks,
-        "reference_eval": reference, "baseline_eval": {v: baseline[v] for v in views}})
+        "student_train_eval": student["train"], "reference_eval": reference, "baseline_eval": baseline})
     (out / "languages.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     c = checks
@@ -133,7 +135,9 @@ def cmd_languages(a) -> None:
           f"{c['closed_worst']['ratio']:.3f} x the teacher's en {teacher:.3f} (target >= 0.90 in every language: "
           f"{'met' if c['closed_target_met'] else 'not met, ' + str(len(c['closed_below_target'])) + ' below'})")
     print(f"m9 vs the m9-only student: largest loss {100 * c['m9_max_loss']:+.1f} points closed R@1 "
-          f"(target <= 2: {'met' if c['m9_target_met'] else 'not met'})")
+          f"(target <= 2: {'met' if c['m9_target_met'] else 'not met'})"
+          + (f"; on the train split (concepts both learnt from): {100 * c['m9_max_loss_train']:+.1f}"
+             if "m9_max_loss_train" in c else ""))
     print(f"held-out concepts, {c['n_outside_m9']} languages outside m9: mean R@10 "
           f"{c['test_outside_m9_mean_R@10']:.3f} vs {a.baseline} {c['baseline_test_outside_m9_mean_R@10']:.3f} "
           f"(target >= 2x: {'met' if c['test_target_met'] else 'not met'})")

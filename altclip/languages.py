@@ -30,9 +30,13 @@ def language_checks(student: dict[str, dict], reference: dict[str, dict], baseli
     worst = min(closed, key=closed.get)
     m9_loss = {lang: _get(reference["closed"], lang, "R@1") - closed[lang] for lang in M9
                if lang in closed and _get(reference["closed"], lang, "R@1") is not None}
+    train_loss = {}  # the same on the concepts both students learnt from (when a "train" view is given)
+    if "train" in student and "train" in reference:
+        train_loss = {lang: _get(reference["train"], lang, "R@1") - _get(student["train"], lang, "R@1")
+                      for lang in m9_loss if _get(student["train"], lang, "R@1") is not None}
     outside = [lang for lang in langs if lang not in M9]
-    held = statistics.mean(_get(student["test"], lang, "R@10") for lang in outside)
-    base = statistics.mean(_get(baseline["test"], lang, "R@10") for lang in outside)
+    held = statistics.mean(_get(student["test"], lang, "R@10") for lang in outside) if outside else float("nan")
+    base = statistics.mean(_get(baseline["test"], lang, "R@10") for lang in outside) if outside else float("nan")
     below = sorted(lang for lang, v in closed.items() if v < ratio * teacher_en)
     return {
         "teacher_en_R@1": teacher_en,
@@ -40,6 +44,7 @@ def language_checks(student: dict[str, dict], reference: dict[str, dict], baseli
         "closed_below_target": below, "closed_target_met": not below,
         "m9_max_loss": max(m9_loss.values()), "m9_loss": m9_loss,
         "m9_target_met": max(m9_loss.values()) <= max_m9_loss,
+        **({"m9_loss_train": train_loss, "m9_max_loss_train": max(train_loss.values())} if train_loss else {}),
         "test_outside_m9_mean_R@10": held, "baseline_test_outside_m9_mean_R@10": base,
         "test_target_met": held >= gain * base, "n_outside_m9": len(outside),
     }

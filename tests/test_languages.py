@@ -131,3 +131,12 @@ def test_image_text_stream_takes_all_and_rejects_unknown_codes(emoji_small):
     dm = ShardDataModule(data_dir=str(emoji_small), langs=["en", "xx"], batch_size=8, num_workers=0)
     with pytest.raises(ValueError, match="no names in xx .*: ar en es fr it ja ko ru zh"):
         dm.train_dataloader()
+
+
+def test_m9_loss_on_the_train_split_when_given():
+    from altclip.languages import language_checks
+
+    student = {"closed": _res({"en": (0.85, 1), "de": (0.8, 1)}), "train": _res({"en": (0.90, 1)}), "test": _res({"de": (0, 0.5)})}
+    reference = {"closed": _res({"en": (0.89, 1)}), "train": _res({"en": (0.91, 1)}), "test": _res({})}
+    c = language_checks(student, reference, {"test": _res({"de": (0, 0.2)})}, 0.9)
+    assert c["m9_max_loss"] == pytest.approx(0.04) and c["m9_max_loss_train"] == pytest.approx(0.01)
