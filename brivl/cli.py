@@ -227,9 +227,33 @@ def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "
     return res
 
 
+def cmd_compositional(a) -> None:
+    """Winoground-style groups (attribute binding, relations) on a view's emoji (brivl.compositional)."""
+    from .compositional import evaluate_compositional, format_compositional
+    from .data.datamodule import load_view
+    from .model import create_model
+
+    view = a.split if hasattr(a, "split") else "closed"
+    samples, _ = load_view(a.data, view)
+    if not samples:
+        raise CLIError(f"view {view!r} of {a.data} has no samples")
+    langs = _langs(a.langs, a.data) or [lang for lang in ("en", "zh", "es", "fr", "ru", "ar", "ja", "ko", "it")]
+    res = evaluate_compositional(create_model(a.model), samples, langs, n_relations=a.relations)
+    res.update({"model": a.model, "view": f"compositional ({view})", "data": str(a.data)})
+    if a.json:
+        print(json.dumps(res, ensure_ascii=False))
+    else:
+        print(format_compositional(res, f"{a.model}: Winoground-style groups on {view} emoji"))
+
+
 def cmd_eval(a) -> None:
     from .evaluate import format_table
     from .model import create_model
+
+    if a.view.startswith("compositional"):  # --view compositional[:SPLIT]
+        a.split = a.view.split(":", 1)[1] if ":" in a.view else "closed"
+        a.relations = 100
+        return cmd_compositional(a)
 
     model = create_model(a.model)
     res = run_eval(model, a.data, a.view, a.langs, name=a.model)
@@ -323,9 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="per-language retrieval R@1/5/10 and zero-shot accuracy")
     v.add_argument("--model", default=DEFAULT_MODEL, help="model folder or config name")
     v.add_argument("--data", default=DEFAULT_DATA)
-    v.add_argument("--view", default="closed", help="closed (every emoji) | test (held-out) | a split name")
+    v.add_argument("--view", default="closed", help="closed (every emoji) | test (held-out) | a split name | "
+                                                    "compositional[:test] (Winoground-style groups)")
     v.add_argument("--langs", nargs="+", default=None, help=f"default: {' '.join(M9)}")
     v.add_argument("--json", action="store_true", help="print one JSON object")
+    c = sub.add_parser("compositional", help="Winoground-style text/image/group scores: attribute binding "
+                                             "(colour, direction, gender) and relations (left of, above)")
+    c.add_argument("--model", default=DEFAULT_MODEL)
+    c.add_argument("--data", default=DEFAULT_DATA)
+    c.add_argument("--split", default="closed", help="closed, or test: groups of held-out emoji only")
+    c.add_argument("--langs", nargs="+", default=None, help="m9 by default (the relation templates are m9)")
+    c.add_argument("--relations", type=int, default=100, help="emoji pairs per relation")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compositional)
     v.set_defaults(func=cmd_eval)
 
     pl_ = sub.add_parser("plot", help="loss curve PNG from a Lightning metrics.csv")

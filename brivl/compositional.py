@@ -1,0 +1,156 @@
+"""The compositional tier of the evaluation ladder, Winoground-style (Thrush et al., 2022), on the emoji data.
+
+A group is two images and two captions that use the same words or the same concept and differ in one thing:
+
+* **attribute binding** (from CLDR names): the same object in two colours (``red heart`` / ``blue heart``,
+  circles, squares, books, apples), the same arrow in two directions (``up arrow`` / ``down arrow``), the same
+  person in two genders (``man pilot`` / ``woman pilot``). Each caption is the emoji's CLDR name in the language.
+  Skin tones need the derived sequences (``brivl data emoji --derived``), which the default build leaves out.
+* **relations**: two emoji composed side by side in one image, ``A left of B`` vs ``B left of A`` (and
+  ``above``), captioned with one hand-written template per m9 language (:data:`TEMPLATES`).
+
+Scores per group (``s(c, i)``: the model's cosine of caption c and image i), as Winoground defines them:
+text score = each image prefers its own caption; image score = each caption prefers its own image; group
+score = both. Chance: 1/4, 1/4, 1/6. On ``--view test`` a group uses only held-out concepts.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import re
+
+import torch
+
+from .data.emoji import M9
+
+CHANCE = {"text": 0.25, "image": 0.25, "group": 1 / 6}
+COLOURS = "red|orange|yellow|green|blue|purple|brown|black|white"
+COLOUR_RE = re.compile(rf"^({COLOURS}) (heart|circle|square|apple|book|small square|large square)$")
+ARROW_RE = re.compile(r"^(up|down|left|right|up-right|up-left|down-right|down-left) arrow$")
+GENDER_RE = re.compile(r"^(man|woman) (.+)$")
+
+# one short phrase per m9 language, written by hand: {a} and {b} are CLDR names
+TEMPLATES = {
+    "left of": {"en": "{a} to the left of {b}", "zh": "{a}在{b}的左边", "es": "{a} a la izquierda de {b}",
+                "fr": "{a} à gauche de {b}", "ru": "{a} слева от {b}", "ar": "{a} على يسار {b}",
+                "ja": "{b}の左に{a}", "ko": "{b} 왼쪽에 {a}", "it": "{a} a sinistra di {b}"},
+    "above": {"en": "{a} above {b}", "zh": "{a}在{b}的上面", "es": "{a} encima de {b}", "fr": "{a} au-dessus de {b}",
+              "ru": "{a} над {b}", "ar": "{a} فوق {b}", "ja": "{b}の上に{a}", "ko": "{b} 위에 {a}",
+              "it": "{a} sopra {b}"},
+}
+
+
+def winoground_scores(sim: torch.Tensor) -> dict[str, torch.Tensor]:
+    """sim (G, 2, 2): ``sim[g, c, i]`` = score of caption c with image i (caption 0 belongs to image 0) ->
+    per-group booleans ``text``, ``image``, ``group``."""
+    c0i0, c0i1, c1i0, c1i1 = sim[:, 0, 0], sim[:, 0, 1], sim[:, 1, 0], sim[:, 1, 1]
+    text = (c0i0 > c1i0) & (c1i1 > c0i1)
+    image = (c0i0 > c0i1) & (c1i1 > c1i0)
+    return {"text": text, "image": image, "group": text & image}
+
+
+def attribute_groups(samples: list[dict]) -> dict[str, list[tuple[int, int]]]:
+    """Pairs of sample indices that differ in one attribute, by kind (``colour``, ``direction``, ``gender``),
+    read off the English CLDR names."""
+    by_name = {s["meta"].get("names", {}).get("en"): i for i, s in enumerate(samples)}
+    kinds: dict[str, list[tuple[int, int]]] = {"colour": [], "direction": [], "gender": []}
+    nouns: dict[str, list[int]] = {}
+    arrows: list[int] = []
+    for name, i in sorted((n, i) for n, i in by_name.items() if n):
+        if m := COLOUR_RE.match(name):
+            nouns.setdefault(m.group(2), []).append(i)
+        elif ARROW_RE.match(name):
+            arrows.append(i)
+        elif (m := GENDER_RE.match(name)) and m.group(1) == "man":
+            other = by_name.get(f"woman {m.group(2)}")
+            if other is not None:
+                kinds["gender"].append((i, other))
+    for members in nouns.values():
+        kinds["colour"] += list(itertools.combinations(members, 2))
+    kinds["direction"] = list(itertools.combinations(arrows, 2))
+    return kinds
+
+
+def compose(a, b, relation: str, size: int):
+    """``a`` left of ``b`` (or above it) on a white square of ``size`` px, each at half the side."""
+    from PIL import Image
+
+    half = size // 2
+    canvas = Image.new("RGBA", (size, size), (255, 255, 255, 255))
+    ia, ib = a.convert("RGBA").resize((half, half)), b.convert("RGBA").resize((half, half))
+    if relation == "left of":
+        pos_a, pos_b = (0, size // 4), (half, size // 4)
+    else:
+        pos_a, pos_b = (size // 4, 0), (size // 4, half)
+    canvas.alpha_composite(ia, pos_a)
+    canvas.alpha_composite(ib, pos_b)
+    return canvas
+
+
+def _bootstrap(values: torch.Tensor, n: int = 1000, seed: int = 0) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (n, len(values)), generator=g)
+    means = values.float()[idx].mean(1).sort().values
+    return [round(means[int(0.025 * n)].item(), 4), round(means[int(0.975 * n) - 1].item(), 4)]
+
+
+@torch.no_grad()
+def evaluate_compositional(model, samples: list[dict], langs=M9, n_relations: int = 100, seed: int = 0) -> dict:
+    """Winoground scores of ``model`` (a DualTower) per kind and language on ``samples`` (one view's renders)."""
+    from .data.datamodule import to_batch
+
+    model.eval()
+    mean, std = model.image_mean_std
+    size = model.image_size
+    kinds = attribute_groups(samples)
+    rng = random.Random(seed)
+    pairs = [(i, j) for i, j in itertools.permutations(range(len(samples)), 2)]
+    rel_pairs = rng.sample(pairs, min(n_relations, len(pairs)))
+    images = [s["image"] for s in samples]  # renders first, then the composed images
+    groups: dict[str, list[tuple]] = {}  # kind -> [(image0, image1, (sample, relation) of caption 0/1)]
+    for kind, members in kinds.items():
+        groups[kind] = [(i, j, ("name", i), ("name", j)) for i, j in members]
+    for relation in TEMPLATES:
+        groups[relation] = []
+        for a, b in rel_pairs:
+            ab = len(images)
+            images.append(compose(samples[a]["image"], samples[b]["image"], relation, max(size, 64)))
+            images.append(compose(samples[b]["image"], samples[a]["image"], relation, max(size, 64)))
+            groups[relation].append((ab, ab + 1, (relation, a, b), (relation, b, a)))
+    emb = model.embed_images(to_batch([{"image": im} for im in images], size, mean, std))  # (N, D)
+
+    def caption(spec, lang):
+        names = lambda i: (samples[i]["meta"].get("names") or {}).get(lang)  # noqa: E731
+        if spec[0] == "name":
+            return names(spec[1])
+        a, b = names(spec[1]), names(spec[2])
+        return TEMPLATES[spec[0]][lang].format(a=a, b=b) if a and b else None
+
+    out: dict = {"n_samples": len(samples), "chance": CHANCE, "kinds": {}}
+    for kind, gs in groups.items():
+        per_lang = {}
+        for lang in langs:
+            keep = [(g, caption(g[2], lang), caption(g[3], lang)) for g in gs]
+            keep = [(g, c0, c1) for g, c0, c1 in keep if c0 and c1 and c0 != c1]
+            if not keep:
+                continue
+            t = model.embed_texts([c for _, c0, c1 in keep for c in (c0, c1)]).view(len(keep), 2, -1)  # (G, 2, D)
+            im = torch.stack([torch.stack([emb[g[0]], emb[g[1]]]) for g, _, _ in keep])  # (G, 2, D)
+            sc = winoground_scores(torch.einsum("gcd,gid->gci", t, im))
+            per_lang[lang] = {k: round(v.float().mean().item(), 4) for k, v in sc.items()}
+            per_lang[lang]["n"] = len(keep)
+            per_lang[lang]["group_ci95"] = _bootstrap(sc["group"])
+        if per_lang:
+            mean_ = {k: round(sum(v[k] for v in per_lang.values()) / len(per_lang), 4) for k in CHANCE}
+            out["kinds"][kind] = {"languages": per_lang, "mean": mean_}
+    return out
+
+
+def format_compositional(res: dict, title: str) -> str:
+    lines = [title, f"{'kind':<11} {'n':>4}  {'text':>6} {'image':>6} {'group':>6}   (mean over languages; chance "
+                    f"0.25 / 0.25 / 0.167)"]
+    for kind, r in res["kinds"].items():
+        n = max(v["n"] for v in r["languages"].values())
+        m = r["mean"]
+        lines.append(f"{kind:<11} {n:>4}  {m['text']:>6.3f} {m['image']:>6.3f} {m['group']:>6.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""The compositional tier (Winoground-style groups on the emoji data), scores checked by hand."""
+import json
+
+import torch
+
+from brivl.compositional import CHANCE, TEMPLATES, attribute_groups, compose, winoground_scores
+from brivl.data.emoji import M9
+
+
+def test_scores_against_the_definition():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(500, 2, 2, generator=g)
+    sc = winoground_scores(sim)
+    for k in range(500):
+        s = sim[k].tolist()  # s[c][i]
+        text = s[0][0] > s[1][0] and s[1][1] > s[0][1]
+        image = s[0][0] > s[0][1] and s[1][1] > s[1][0]
+        assert (sc["text"][k].item(), sc["image"][k].item(), sc["group"][k].item()) == (text, image, text and image)
+    # random scores land near chance: 1/4, 1/4, 1/6
+    for key, chance in CHANCE.items():
+        assert abs(sc[key].float().mean().item() - chance) < 0.06
+    # an order-blind model (the same score for both captions) never passes the text score
+    blind = torch.tensor([[[0.5, 0.2], [0.5, 0.2]]])
+    assert not winoground_scores(blind)["text"].item()
+
+
+def test_attribute_groups_from_cldr_names():
+    names = ["red heart", "blue heart", "green circle", "red circle", "up arrow", "down arrow", "bow and arrow",
+             "man pilot", "woman pilot", "man genie", "cat"]
+    samples = [{"meta": {"names": {"en": n}}} for n in names]
+    kinds = attribute_groups(samples)
+    pairs = {k: {frozenset(names[i] for i in p) for p in v} for k, v in kinds.items()}
+    assert pairs["colour"] == {frozenset({"red heart", "blue heart"}), frozenset({"green circle", "red circle"})}
+    assert pairs["direction"] == {frozenset({"up arrow", "down arrow"})}
+    assert pairs["gender"] == {frozenset({"man pilot", "woman pilot"})}  # no woman genie: no group
+
+
+def test_templates_cover_m9_and_compose_places_the_emoji():
+    from PIL import Image
+
+    assert all(set(t) == set(M9) for t in TEMPLATES.values())
+    red = Image.new("RGBA", (16, 16), (255, 0, 0, 255))
+    blue = Image.new("RGBA", (16, 16), (0, 0, 255, 255))
+    left = compose(red, blue, "left of", 64)
+    assert left.getpixel((10, 32))[:3] == (255, 0, 0) and left.getpixel((54, 32))[:3] == (0, 0, 255)
+    above = compose(red, blue, "above", 64)
+    assert above.getpixel((32, 10))[:3] == (255, 0, 0) and above.getpixel((32, 54))[:3] == (0, 0, 255)
+
+
+def test_cli_reports_every_kind_per_language(emoji_small, models, capsys):
+    from brivl.cli import main
+
+    assert main(["compositional", "--model", str(models[0]), "--data", str(emoji_small), "--relations", "20",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"left of", "above"} <= set(res["kinds"])
+    for kind in ("left of", "above"):
+        per = res["kinds"][kind]["languages"]
+        assert set(per) == set(M9) and all(v["n"] == 20 for v in per.values())
+        assert all(0 <= v["group"] <= min(v["text"], v["image"]) <= 1 for v in per.values())
+    assert main(["eval", "--model", str(models[0]), "--data", str(emoji_small), "--view", "compositional:test"]) == 0
+    assert "Winoground-style groups on test emoji" in capsys.readouterr().out
