@@ -87,10 +87,10 @@ def cmd_tokenizer(a) -> None:
 
     langs = _langs(a.langs, a.data)
     if not a.measure:
-        out = train_tokenizer(corpus_texts(a.data, a.view, langs), a.out, a.vocab_size)
+        out = train_tokenizer(corpus_texts(a.data, a.view or "train+val", langs), a.out, a.vocab_size)
         print(f"tokenizer ({a.vocab_size} pieces, {len(langs) if langs else 'all'} languages) -> {out}")
         return
-    measure_vocab_sizes(a.data, a.measure, langs, a.view, a.eval_view, a.out)
+    measure_vocab_sizes(a.data, a.measure, langs, a.view or "train", a.eval_view, a.out)
 
 
 def measure_vocab_sizes(data: str, sizes: list[int], langs: list[str] | None, view: str, eval_view: str,
@@ -103,6 +103,13 @@ def measure_vocab_sizes(data: str, sizes: list[int], langs: list[str] | None, vi
     from .data.datamodule import load_view
     from .tokenizer import tokenizer_stats, train_tokenizer
 
+    from .data.datamodule import load_manifest, view_splits
+
+    manifest = load_manifest(data)
+    shared = set(view_splits(manifest, view)) & set(view_splits(manifest, eval_view))
+    if shared:
+        raise CLIError(f"--view {view} and --eval-view {eval_view} share {', '.join(sorted(shared))}: measure on "
+                       "text the tokenizers did not learn from (e.g. --view train --eval-view val)")
     texts = corpus_texts(data, view, langs)
     held, _ = load_view(data, eval_view)
     by_lang: dict[str, list[str]] = {}
@@ -327,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tokenizer", help="train a multilingual Unigram tokenizer on a data folder's text")
     t.add_argument("--data", default=DEFAULT_DATA)
-    t.add_argument("--view", default="train+val")
+    t.add_argument("--view", default=None, help="text it learns from (default train+val; with --measure: train)")
     t.add_argument("--langs", nargs="+", default=None, help="languages whose text it learns ('all': every "
                    "language with a name for >= 80%% of the emoji)")
     t.add_argument("--vocab-size", type=int, default=8000)

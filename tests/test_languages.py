@@ -84,7 +84,10 @@ def test_measure_vocab_sizes_writes_a_table(emoji_small, tmp_path, capsys):
     small, big = res["sizes"]["1200"], res["sizes"]["2400"]
     assert big["mean_pieces_per_char"] < small["mean_pieces_per_char"]  # a larger vocabulary, longer pieces
     assert {"LATIN", "CYRILLIC", "ARABIC", "HANGUL"} <= set(small["scripts"])
-    assert "vocab 1200: mean pieces/char" in capsys.readouterr().out
+    assert "vocab 1200: mean pieces/char" in capsys.readouterr().out and res["train_view"] == "train"
+    assert main(["tokenizer", "--data", str(emoji_small), "--view", "train+val", "--measure", "1200",
+                 "--out", str(out)]) == 2  # measured on text it learnt from: refused
+    assert "share val" in capsys.readouterr().err
 
 
 def test_corpus_rows_in_other_languages_are_counted(emoji_small):
