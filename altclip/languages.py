@@ -81,8 +81,8 @@ def plot_languages(student: dict[str, dict], reference: dict[str, dict], scripts
 
     langs = sorted(student["closed"]["languages"], key=lambda g: -_get(student["closed"], g, "R@1"))
     names = sorted({scripts.get(g, "UNKNOWN") for g in langs}, key=lambda s: -sum(scripts.get(g) == s for g in langs))
-    cmap = plt.get_cmap("tab20")
-    colour = {s: cmap(i % 20) for i, s in enumerate(names)}
+    cmap = plt.get_cmap("nipy_spectral")
+    colour = {s: cmap(0.05 + 0.9 * i / max(1, len(names) - 1)) for i, s in enumerate(names)}
     fig, ax = plt.subplots(figsize=(max(10, 0.16 * len(langs)), 4.2))
     x = range(len(langs))
     ax.bar(x, [_get(student["closed"], g, "R@1") for g in langs],
@@ -97,10 +97,10 @@ def plot_languages(student: dict[str, dict], reference: dict[str, dict], scripts
     ax.set_ylim(0, 1)
     ax.set_ylabel("closed-view text->image R@1")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour[s]) for s in names]
-    leg = ax.legend(loc="lower left", fontsize=7)
+    leg = ax.legend(loc="upper right", fontsize=7)
     ax.add_artist(leg)
-    ax.legend(handles, [s.title() for s in names], loc="lower center", ncol=min(8, len(names)), fontsize=6,
-              title="script", title_fontsize=7)
+    ax.legend(handles, [s.title() for s in names], loc="upper left", bbox_to_anchor=(1.005, 1.0), ncol=1 + len(names) // 16,
+              fontsize=6, title="script", title_fontsize=7)
     ax.set_title(f"Student over {len(langs)} CLDR languages, closed view (1 bar per language)", fontsize=9)
     fig.tight_layout()
     out = Path(out)
