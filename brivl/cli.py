@@ -213,7 +213,7 @@ def cmd_export(a) -> None:
 
 
 def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "",
-             loaded: tuple[list[dict], object] | None = None) -> dict:
+             loaded: tuple[list[dict], object] | None = None, zeroshot: bool = True) -> dict:
     """Evaluate ``model`` on a view; ``loaded`` = (samples, stats) from ``load_view`` when already in memory."""
     from .data.datamodule import load_manifest, load_view, to_batch
     from .data.emoji import M9
@@ -229,7 +229,7 @@ def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "
         raise CLIError(f"no captions in languages {langs} in {data}; it has: {' '.join(have)}")
     mean, std = model.image_mean_std
     images = to_batch(samples, model.image_size, mean, std)
-    res = evaluate_model(model, images, [s["meta"] for s in samples], langs)
+    res = evaluate_model(model, images, [s["meta"] for s in samples], langs, zeroshot=zeroshot)
     res.update({"model": name, "view": view, "data": str(data), "skipped": stats.skipped})
     return res
 
@@ -263,7 +263,7 @@ def cmd_eval(a) -> None:
         return cmd_compositional(a)
 
     model = create_model(a.model)
-    res = run_eval(model, a.data, a.view, a.langs, name=a.model)
+    res = run_eval(model, a.data, a.view, a.langs, name=a.model, zeroshot=not a.no_zeroshot)
     if a.json:
         print(json.dumps(res, ensure_ascii=False))
     else:
@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "compositional[:test] (Winoground-style groups)")
     v.add_argument("--langs", nargs="+", default=None, help=f"default: {' '.join(M9)}")
     v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--no-zeroshot", action="store_true", help="retrieval only (zero-shot classification skipped)")
     c = sub.add_parser("compositional", help="Winoground-style text/image/group scores: attribute binding "
                                              "(colour, direction, gender) and relations (left of, above)")
     c.add_argument("--model", default=DEFAULT_MODEL)
