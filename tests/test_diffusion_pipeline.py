@@ -191,6 +191,9 @@ def test_few_step_samplers_start_at_the_last_training_timestep():
         sched = set_scheduler(pipe, name).scheduler
         sched.set_timesteps(4)
         assert int(sched.timesteps[0]) == sched.config.num_train_timesteps - 1, name
+    # DDIM keeps the noise of the unclipped x0, so it must not clip (the training config clips, for DDPM)
+    pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, clip_sample=True)
+    assert set_scheduler(pipe, "ddim").scheduler.config.clip_sample is False
 
 
 def test_pooled_text_vector_reaches_a_projection_unet():
