@@ -394,11 +394,14 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
         atomic_write_json(tmp / INFO_NAME, info)
         result.update(info)
 
+    previous = None
+    if backend == "milvus" and (out_dir / INFO_NAME).is_file():  # the build this one replaces
+        previous = json.loads((out_dir / INFO_NAME).read_text(encoding="utf-8")).get("milvus")
     write_folder(out, write)
     if backend == "milvus":
         from .milvus import drop_old_versions
 
-        drop_old_versions(result["milvus"])  # a server keeps this build and the one before (readers still on it)
+        drop_old_versions(result["milvus"], previous)  # a server keeps this build and the one it replaced
     return result
 
 

@@ -12,7 +12,7 @@ add/remove, the HTTP service and the ids are the same for both backends; ``index
 Updates are copy-on-write like the FAISS backend's: a change is made to a new version of the collection
 (embedded: a copy of the data folder; server: a new collection filled from the old one) that the swapped-in
 ``index.json`` names, so a reader sees the old version or the new one, never a mix. A server keeps the
-previous version (readers still on the old folder) and drops older ones.
+current and the replaced version (readers still on the old folder) and drops the others.
 """
 from __future__ import annotations
 
@@ -251,17 +251,19 @@ def new_version_of(base: Path, tmp: Path, cfg: dict, dim: int) -> dict:
     return new
 
 
-def drop_old_versions(cfg: dict, keep: int = 2) -> None:
-    """On a server: drop the versions of this index's collection older than the ``keep`` newest."""
+def drop_old_versions(cfg: dict, previous: dict | None = None) -> None:
+    """On a server: drop every version of this index's collection but the current one (``cfg``) and the one
+    it replaced (``previous``, which readers of the old folder may still be searching); orphans of failed
+    changes go too."""
     if not cfg.get("uri"):
         return
     stem = cfg["collection"].rsplit("_v", 1)[0]
+    keep = {cfg["collection"], (previous or {}).get("collection")}
     client = connect(cfg["uri"])
     try:
-        mine = sorted((c for c in client.list_collections() if c.rsplit("_v", 1)[0] == stem),
-                      key=lambda c: int(c.rsplit("_v", 1)[1], 16))
-        for c in mine[:-keep]:
-            client.drop_collection(c)
+        for c in client.list_collections():
+            if c.rsplit("_v", 1)[0] == stem and c not in keep:
+                client.drop_collection(c)
     finally:
         client.close()
 

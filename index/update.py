@@ -94,8 +94,9 @@ def add_items(index_dir: str | os.PathLike, data: str, view: str = "closed", mod
             info.update(count=info["count"] + len(items), ntotal=ntotal, updated=now_iso())
             atomic_write_json(tmp / INFO_NAME, info)
 
+        previous = (idx.info.get("milvus") or {}).copy()
         update_folder(index_dir, change)
-        milvus.drop_old_versions(info.get("milvus") or {})
+        milvus.drop_old_versions(info.get("milvus") or {}, previous)
         return {"added": len(items), "already_indexed": len(have), "count": info["count"],
                 "skipped": summary["skipped"], "keys": [it["key"] for it in items]}
     finally:
@@ -158,6 +159,7 @@ def remove_items(index_dir: str | os.PathLike, ids: Sequence[int] = (), keys: Se
         atomic_write_json(tmp / INFO_NAME, info)
         result.update(removed=len(gone), tombstones=tombstone, count=info["count"])
 
+    previous = (info.get("milvus") or {}).copy()
     update_folder(index_dir, change)
-    milvus.drop_old_versions(info.get("milvus") or {})
+    milvus.drop_old_versions(info.get("milvus") or {}, previous)
     return result
