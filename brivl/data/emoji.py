@@ -158,7 +158,9 @@ class ImageFolderRenderer:
 
 STYLES = ("noto", "twemoji", "openmoji")
 TWEMOJI_VERSION, OPENMOJI_VERSION = "16.0.0", "17.0.0"
-TWEMOJI_DIR = f"data/sources/emoji-datasource-twitter-{TWEMOJI_VERSION}"  # npm pack + extract (scripts/setup.sh)
+# npm pack + extract by scripts/setup.sh, under the checkout's data/ (found from any working directory)
+TWEMOJI_DIR = str(Path(__file__).resolve().parents[2] / "data" / "sources" /
+                  f"emoji-datasource-twitter-{TWEMOJI_VERSION}")
 STYLE_INFO = {
     "noto": {"source": "Noto Color Emoji (Debian fonts-noto-color-emoji)", "license": "SIL Open Font License 1.1",
              "attribution": "Noto Color Emoji, Google"},
