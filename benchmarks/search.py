@@ -225,8 +225,7 @@ def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_constructio
     child = json.loads(r.stdout.strip().splitlines()[-1])
     factory, report = child["factory"], child["report"]
     if child["race"]:
-        say("  ours: race " + "; ".join(f"{c['factory']} {_fmt(c['params'])} recall {c['recall']:.3f} p50 "
-                                        f"{c['p50_ms']:.3f} ms" for c in child["race"]["candidates"]))
+        say(f"  ours: race {fx.format_race(child['race'])}")
     say(f"  ours: factory {factory} for budget {budget}, built in {wall:.0f} s, peak RSS "
         f"{child['peak_rss'] / 1e6:.0f} MB")
     size = path.stat().st_size
@@ -352,7 +351,9 @@ COPIED = ("build_s", "bytes", "rss", "factory", "params")
 
 
 def _fmt(params: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in params.items())
+    from index.factory import format_params
+
+    return format_params(params)
 
 
 # ----------------------------------------------------------------------------------------- end to end

@@ -73,14 +73,20 @@ def concept_of(metas: list[dict]) -> list[int]:
     return [ids.setdefault(m.get("id", ("#", i)), len(ids)) for i, m in enumerate(metas)]
 
 
+def first_sample(concept: list[int]) -> dict[int, int]:
+    """Concept index -> its first sample (whose captions and prompts stand for the concept)."""
+    first: dict[int, int] = {}
+    for i, c in enumerate(concept):
+        first.setdefault(c, i)
+    return first
+
+
 def texts_by_language(metas: list[dict], langs: Sequence[str]) -> dict[str, tuple[list[str], torch.Tensor]]:
     """For each language: the captions of every concept (once per concept, from its first sample) and the
     (T, N) bool matrix of their positives: every image of the caption's concept (clip_benchmark's
     convention: a text query is answered by any render of its concept)."""
-    concept = torch.tensor(concept_of(metas))
-    first: dict[int, int] = {}
-    for i, c in enumerate(concept.tolist()):
-        first.setdefault(c, i)
+    concept_list = concept_of(metas)
+    concept, first = torch.tensor(concept_list), first_sample(concept_list)
     out = {}
     for lang in langs:
         texts, owners = [], []
@@ -109,6 +115,8 @@ def evaluate_model(model, images: torch.Tensor, metas: list[dict], langs: Sequen
     model.eval()
     image_emb = model.embed_images(images, batch_size)
     result: dict = {"n_images": len(metas), "languages": {}, "zeroshot": {}}
+    concept = concept_of(metas)
+    first = first_sample(concept)
     for lang, (texts, owners) in texts_by_language(metas, langs).items():
         if not texts:
             continue
@@ -117,10 +125,6 @@ def evaluate_model(model, images: torch.Tensor, metas: list[dict], langs: Sequen
         m["n_queries"] = len(texts)
         result["languages"][lang] = m
         if zeroshot:  # one class per concept (prompts from its first sample); every render is labelled with it
-            concept = concept_of(metas)
-            first: dict[int, int] = {}
-            for i, c in enumerate(concept):
-                first.setdefault(c, i)
             prompts = {c: class_prompts(metas[i], lang) for c, i in first.items()}
             flat = [p for ps in prompts.values() for p in ps]
             emb = model.embed_texts(flat, batch_size)
@@ -133,7 +137,7 @@ def evaluate_model(model, images: torch.Tensor, metas: list[dict], langs: Sequen
             labels = torch.tensor([label_of.get(c, -1) for c in concept])
             result["zeroshot"][lang] = zeroshot_metrics(image_emb, torch.stack(cls), labels)
     n = len(metas)
-    per_concept = n / max(1, len(set(concept_of(metas))))  # renders per concept: the positives of a text query
+    per_concept = n / max(1, len(first))  # renders per concept: the positives of a text query
     result["chance"] = {f"R@{k}": chance_recall(n, round(per_concept), k) for k in KS}
     return result
 

@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 TUNE_QUERIES = 1000
 
 
-def _fmt_params(params: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in (params or {}).items())
-
-
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -140,26 +136,24 @@ def build_index(x: np.ndarray, ids: np.ndarray, factory: str, target_recall: flo
 def tune_on_sample(index, x, ids, k, target, n_queries, seed, truth=None, q_rows=None, external=None) -> dict:
     """Tune ``efSearch``/``nprobe`` on held-out database vectors (each query's own vector left out of both
     sides), or on ``external`` = (queries, their exact top-k ids) that are not database vectors."""
+    extra = {}
     if external is not None:
-        t = time.perf_counter()
-        kk = min(k, len(ids))
-        res = fx.tune(index, np.asarray(external[0], np.float32), external[1], kk, target)
-        return {"params": res.params, "recall": round(res.recall, 4), "recall_k": kk, "target_recall": target,
-                "reached": res.reached, "tune_queries": int(len(external[0])), "tune_on": "external queries",
-                "tune_s": round(time.perf_counter() - t, 2),
-                "tried": [[v, round(r, 4), round(ms, 4)] for v, r, ms in res.tried]}
-    q_rows = fx.sample_rows(len(ids), n_queries, seed + 1) if q_rows is None else q_rows
-    xq = np.asarray(x[q_rows] if x is not None else truth[0], dtype=np.float32)
-    if truth is None:
-        _, rows = fx.exact_knn(xq, x, min(k + 1, len(ids)))
-        truth_ids = ids[rows]
+        xq, truth_ids = np.asarray(external[0], np.float32), external[1]
+        kk, self_ids, extra = min(k, len(ids)), None, {"tune_on": "external queries"}
     else:
-        truth_ids = truth[1]
+        q_rows = fx.sample_rows(len(ids), n_queries, seed + 1) if q_rows is None else q_rows
+        xq = np.asarray(x[q_rows] if x is not None else truth[0], dtype=np.float32)
+        if truth is None:
+            _, rows = fx.exact_knn(xq, x, min(k + 1, len(ids)))
+            truth_ids = ids[rows]
+        else:
+            truth_ids = truth[1]
+        kk = min(k, len(ids) - 1) if len(ids) > 1 else 1
+        self_ids = ids[q_rows] if len(ids) > 1 else None
     t = time.perf_counter()
-    kk = min(k, len(ids) - 1) if len(ids) > 1 else 1
-    res = fx.tune(index, xq, truth_ids, kk, target, self_ids=ids[q_rows] if len(ids) > 1 else None)
+    res = fx.tune(index, xq, truth_ids, kk, target, self_ids=self_ids)
     return {"params": res.params, "recall": round(res.recall, 4), "recall_k": kk, "target_recall": target,
-            "reached": res.reached, "tune_queries": int(len(xq)), "tune_s": round(time.perf_counter() - t, 2),
+            "reached": res.reached, "tune_queries": int(len(xq)), **extra, "tune_s": round(time.perf_counter() - t, 2),
             "tried": [[v, round(r, 4), round(ms, 4)] for v, r, ms in res.tried]}
 
 
@@ -363,9 +357,7 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
                 result["factory_race"] = fx.race_graphs(x, candidates, k, target_recall, ef_construction=ef_construction,
                                                         seed=seed)
                 chosen = result["factory_race"]["picked"]
-                say("build: " + "; ".join(f"{c['factory']} {_fmt_params(c['params'])} recall {c['recall']:.3f} p50 "
-                                          f"{c['p50_ms']:.3f} ms" for c in result["factory_race"]["candidates"])
-                    + f" -> {chosen}")
+                say(f"build: {fx.format_race(result['factory_race'])} -> {chosen}")
             index, report = build_index(x, ids, chosen, target_recall, k, n_queries, ef_construction, seed, progress)
             del x
             with replacing(tmp / FAISS_NAME) as p:

@@ -181,6 +181,17 @@ def race_graphs(x: np.ndarray, factories: list[str], k: int = 10, target: float 
             "rounds": rounds, "candidates": report}
 
 
+def format_params(params: dict) -> str:
+    """``{"efSearch": 16}`` -> ``efSearch=16``."""
+    return ",".join(f"{k}={v}" for k, v in (params or {}).items())
+
+
+def format_race(race: dict) -> str:
+    """One line per :func:`race_graphs` report: each candidate's tuned knob, recall and p50."""
+    return "; ".join(f"{c['factory']} {format_params(c['params'])} recall {c['recall']:.3f} p50 {c['p50_ms']:.3f} ms"
+                     for c in race["candidates"])
+
+
 # ------------------------------------------------------------------------------------------- building
 
 
