@@ -186,7 +186,7 @@ def load_system_checkpoint(ckpt: str, config: str | None, build=None):
 
 
 def export_model(model, a) -> None:
-    """Write ``model`` to ``a.out`` with the run's config, loss curve and eval.json (closed + test views)."""
+    """Write ``model`` to ``a.out`` with the run's config, loss curve and eval.json (:func:`eval_views`)."""
     model.info["name"] = Path(a.out).name
     langs = _langs(a.langs, a.eval_data or DEFAULT_DATA)  # 'all': every covered language of the data
     if langs:
@@ -199,13 +199,23 @@ def export_model(model, a) -> None:
             extra["loss_curve.png"] = curve.read_bytes()
     if a.eval_data:
         extra["eval.json"] = {v: run_eval(model, a.eval_data, v, langs, name=a.out)
-                              for v in ("closed", "test")}
+                              for v in eval_views(a.eval_data)}
     out = model.save_pretrained(a.out, extra)
     print(f"exported {a.ckpt} -> {out}")
     for v, res in extra.get("eval.json", {}).items():
         from .evaluate import format_table
 
         print(format_table(res, f"view: {v}"))
+
+
+def eval_views(data: str) -> list[str]:
+    """The views an export evaluates: closed and test, and for a multi-style build each style alone and the test
+    split in each style (``style:openmoji``, ``test+style:openmoji``)."""
+    from .data.datamodule import STYLE_PREFIX, data_styles, load_manifest
+
+    styles = data_styles(load_manifest(data))
+    per_style = [f"{view}{STYLE_PREFIX}{st}" for st in styles for view in ("", "test+")] if len(styles) > 1 else []
+    return ["closed", "test", *per_style]
 
 
 def cmd_export(a) -> None:
@@ -355,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", default=DEFAULT_MODEL, help="model folder or config name")
     v.add_argument("--data", default=DEFAULT_DATA)
     v.add_argument("--view", default="closed", help="closed (every emoji) | test (held-out) | a split name | "
-                                                    "compositional[:test] (Winoground-style groups)")
+                   "style:NAME (one drawing style), with splits: test+style:openmoji | "
+                   "compositional[:test] (Winoground-style groups)")
     v.add_argument("--langs", nargs="+", default=None, help=f"default: {' '.join(M9)}")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--no-zeroshot", action="store_true", help="retrieval only (zero-shot classification skipped)")

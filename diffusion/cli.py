@@ -170,6 +170,17 @@ def image_grid(images, rows: int, cols: int, scale: int = 1):
     return grid
 
 
+def copy_tower(model: str) -> str | None:
+    """The dual tower the generator's text tower comes from (``trained_with.json``), when it is a folder here."""
+    import json
+
+    try:
+        tower = json.loads((Path(model) / "trained_with.json").read_text())["text_tower"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return tower if Path(tower).is_dir() else None
+
+
 def cmd_eval(a) -> None:
     import json
 
@@ -178,8 +189,8 @@ def cmd_eval(a) -> None:
     from brivl.data.shards import atomic_write_json
     from brivl.model import create_model
 
-    from .evaluate import (cross_lingual_consistency, format_consistency_table, format_generation_table,
-                           generation_recall, pick_concepts)
+    from .evaluate import (copy_baseline, cross_lingual_consistency, format_consistency_table,
+                           format_generation_table, generation_recall, judge_embed, pick_concepts)
 
     if a.n < 1 or a.steps < 1 or a.consistency < 0:
         raise CLIError(f"--n and --steps must be >= 1 and --consistency >= 0 (got {a.n}, {a.steps}, {a.consistency})")
@@ -199,6 +210,11 @@ def cmd_eval(a) -> None:
     for g in a.guidance:
         result["by_guidance"][f"{g:g}"] = generation_recall(pipe, judge, images, keys, concepts, langs, train_keys,
                                                             a.steps, g, a.seed, progress=not a.json)
+    tower = copy_tower(a.model) if a.copy_tower == "auto" else a.copy_tower
+    if tower and tower != "none":
+        result["copy_baseline"] = copy_baseline(create_model(tower).eval(), judge_embed(judge, images), images, keys,
+                                                concepts, langs, train_keys, seed=a.seed)
+        result["copy_tower"] = tower
     if a.consistency:
         picked = pick_concepts(concepts, a.consistency, a.seed + 1)
         result["consistency"] = cross_lingual_consistency(pipe, judge, picked, langs, emoji_categories(), a.steps,
@@ -207,7 +223,8 @@ def cmd_eval(a) -> None:
         print(json.dumps(result, ensure_ascii=False))
     else:
         for g, r in result["by_guidance"].items():
-            print(f"\n{a.split} concepts, {a.scheduler} {a.steps} steps, guidance {g}:\n" + format_generation_table(r))
+            print(f"\n{a.split} concepts, {a.scheduler} {a.steps} steps, guidance {g}:\n"
+                  + format_generation_table(r, result.get("copy_baseline")))
         if "consistency" in result:
             print(f"\nguidance {a.guidance[0]:g}:\n" + format_consistency_table(result["consistency"]))
     if a.out:
@@ -274,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--scheduler", default="dpm++sde", help=sampler_help)
     v.add_argument("--consistency", type=int, default=45,
                    help="concepts for the cross-lingual consistency run (0: skip)")
+    v.add_argument("--copy-tower", default="auto",
+                   help="the dual tower of the copy baseline (the training render it retrieves for each prompt, "
+                        "judged like a generation); auto: the model's text tower (trained_with.json); none: skip")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--out", default=None, help="write the result as JSON here")

@@ -14,6 +14,9 @@ Controls and companions in the same run:
 * **shuffled prompts**: each concept generated from another concept's name (a seeded derangement, own
   noise); near chance if the model follows its text;
 * **chance**: k / gallery size, median (G + 1) / 2;
+* **copy baseline** (:func:`copy_baseline`): no generation at all, the *training* render that the generator's
+  own text tower retrieves for the prompt, judged the same way; what a generator that only recalls the
+  nearest training emoji would score. Above it on unseen concepts, a generator composes; at it, it recalls;
 * **memorization**: for each generation, the judge-space cosine distance to its nearest *training*
   render and whether that neighbour is the asked-for concept, beside the same distance for the real
   renders of held-out concepts (what a new emoji in the same style is like);
@@ -173,6 +176,32 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
     return result
 
 
+def copy_baseline(tower, judge_gallery: torch.Tensor, gallery_images: torch.Tensor, gallery_keys: list[str],
+                  concepts: list[dict], langs: Sequence[str], train_keys: Sequence[str], ks: Sequence[int] = KS,
+                  n_boot: int = 1000, seed: int = 0) -> dict:
+    """Per language, the rank summary of the copy baseline: for each concept's name, the training render nearest
+    to it in ``tower``'s own space (``tower.embed_texts`` against ``tower``'s image embeddings of the training
+    renders) stands in for the generation and is ranked among ``judge_gallery`` ``(G, D)`` like one."""
+    col = {k: i for i, k in enumerate(gallery_keys)}
+    train_cols = [col[k] for k in train_keys if k in col]
+    if not train_cols:
+        raise ValueError("the copy baseline needs the training renders in the gallery (train_keys)")
+    train_img = judge_embed(tower, gallery_images[train_cols])  # (T, D') in the tower's own space
+    out = {}
+    for lang in langs:
+        named = [c for c in concepts if (c["meta"].get("captions") or {}).get(lang)]
+        if not named:
+            continue
+        with torch.no_grad():
+            text = tower.embed_texts([c["meta"]["captions"][lang][0] for c in named])  # (N, D'), normalised
+        copied = (text @ train_img.T).argmax(dim=1)  # (N,) index into train_cols
+        emb = judge_gallery[[train_cols[int(j)] for j in copied]]
+        ranks = own_ranks(emb, judge_gallery, torch.tensor([col[c["key"]] for c in named])).tolist()
+        out[lang] = {**rank_summary(ranks, ks, n_boot, seed), "keys": [c["key"] for c in named], "ranks": ranks,
+                     "copied": [gallery_keys[train_cols[int(j)]] for j in copied]}
+    return out
+
+
 def real_render_reference(gallery: torch.Tensor, gallery_keys: list[str], train_keys: set) -> dict:
     """The same distance for the real renders of concepts *not* trained on: how far a genuinely new emoji in
     the same style lies from the nearest training render."""
@@ -223,7 +252,9 @@ def consistency_row(same: list[float], diff: list[float]) -> dict:
             "same_concept_ci": bootstrap_ci(same, statistics.fmean) if len(same) > 1 else [same[0], same[0]]}
 
 
-def format_generation_table(result: dict) -> str:
+def format_generation_table(result: dict, copy: dict | None = None) -> str:
+    """The per-language table of :func:`generation_recall`'s result, with the controls, and the rows of
+    :func:`copy_baseline` (``copy``) when given."""
     ks = [k for k in next(iter(result["languages"].values())) if k.startswith("R@") and not k.endswith("_ci")]
     # (per-concept "keys" and "ranks" stay in the JSON: a generation can be re-made from its key and seed)
     head = ("| generation -> real render | " + " | ".join(f"{k} [95% CI]" for k in ks)
@@ -233,6 +264,7 @@ def format_generation_table(result: dict) -> str:
     rows = [*result["languages"].items()]
     if "shuffled_en" in result:
         rows.append(("en, shuffled prompts", result["shuffled_en"]))
+    rows += [(f"{lang}, copy baseline", r) for lang, r in (copy or {}).items()]
     for name, r in rows:
         m = mem.get(name, {})
         cells = [f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]" for k in ks]
@@ -243,6 +275,8 @@ def format_generation_table(result: dict) -> str:
     ch = result["chance"]
     lines.append("| chance | " + " | ".join(f"{ch[k]:.3f}" for k in ks) + f" | {ch['median_rank']:g} | "
                  f"{result['gallery']} | | |")
+    if copy:
+        lines.append("\ncopy baseline: no generation, the training render the text tower retrieves for the prompt")
     ref = mem.get("reference") or {}
     if ref:
         lines.append(f"\nNN train dist: judge cosine distance of a generation to its nearest training render (median); "

@@ -282,3 +282,43 @@ def test_bootstrap_interval_and_independent_noise():
     seeds = {noise_seed(0, key, lang) for key in ("1f431", "2764") for lang in ("en", "zh", "shuffled")}
     assert len(seeds) == 6 and all(0 <= s < 2 ** 63 for s in seeds)  # one noise per (concept, language)
     assert noise_seed(0, "1f431", "en") == noise_seed(0, "1f431", "en") != noise_seed(1, "1f431", "en")
+
+
+def test_copy_baseline_against_brute_force(emoji_small):
+    """The copy baseline: each prompt's nearest training render in the tower's own space (brute force over the
+    training renders), ranked among the judge's gallery (brute-force sort); a test concept can never copy itself."""
+    from brivl.data.datamodule import load_view, to_batch
+    from brivl.model import create_model
+    from diffusion.evaluate import copy_baseline, format_generation_table, generation_recall, judge_embed, pick_concepts
+
+    judge = create_model(str(REPO / "models" / "brivl-emoji")).eval()
+    tower = create_model(TOWER).eval()
+    gallery, _ = load_view(emoji_small, "closed")
+    images = to_batch(gallery, judge.image_size, (0.0,) * 3, (1.0,) * 3)
+    keys = [s["key"] for s in gallery]
+    train_keys = [s["key"] for s in gallery if s["meta"]["split"] == "train"]
+    concepts = pick_concepts(load_view(emoji_small, "test")[0] + load_view(emoji_small, "train")[0][:5], 20, seed=0)
+    g = judge_embed(judge, images)
+    res = copy_baseline(tower, g, images, keys, concepts, ["en", "ja"], train_keys, ks=(1, 5), n_boot=100)
+    g, timg = g.numpy(), judge_embed(tower, images).numpy()
+    train = [keys.index(k) for k in train_keys]
+    for lang, r in res.items():
+        named = [c for c in concepts if c["meta"]["captions"].get(lang)]
+        with torch.no_grad():
+            text = tower.embed_texts([c["meta"]["captions"][lang][0] for c in named]).numpy()
+        ranks, copied = [], []
+        for c, t in zip(named, text):
+            j = max(train, key=lambda i: float(timg[i] @ t))
+            copied.append(keys[j])
+            order = list(np.argsort(-(g @ g[j]), kind="stable"))
+            ranks.append(order.index(keys.index(c["key"])) + 1)
+        assert r["copied"] == copied and r["ranks"] == ranks and set(copied) <= set(train_keys)
+        assert r["R@5"] == pytest.approx(np.mean([x <= 5 for x in ranks]))
+        assert r["median_rank"] == pytest.approx(float(np.median(ranks)))
+        for c, k, rank in zip(named, copied, ranks):  # a test concept is never its own copy: rank >= 2
+            if c["meta"]["split"] == "test":
+                assert k != c["key"] and rank >= 2
+    one = generation_recall(_RenderPipe({c["meta"]["captions"]["en"][0]: images[keys.index(c["key"])]
+                                         for c in concepts}), judge, images, keys, concepts, ["en"], ks=(1, 5),
+                            n_boot=50, shuffled=False)
+    assert "en, copy baseline" in format_generation_table(one, res)

@@ -81,3 +81,55 @@ def test_missing_style_sources_name_the_fix(tmp_path):
                             progress=False)
     with pytest.raises(ValueError, match="unknown style 'comic'"):
         build_emoji_dataset(tmp_path / "y", styles=["comic"], limit=5, progress=False)
+
+
+def test_style_views_against_the_keys(styled):
+    """``style:NAME`` keeps one style's renders; joined with splits (``test+style:openmoji``) it intersects them;
+    each equals the filter written out over the closed view, and ``view_size`` counts it."""
+    from brivl.data.datamodule import view_size
+
+    closed, _ = load_view(styled, "closed")
+    style = {s["key"]: s["meta"].get("style", "noto") for s in closed}
+    split = {s["key"]: s["meta"]["split"] for s in closed}
+    cases = {"style:openmoji": lambda k: style[k] == "openmoji",
+             "test+style:openmoji": lambda k: style[k] == "openmoji" and split[k] == "test",
+             "train+val+style:noto+style:twemoji": lambda k: style[k] in ("noto", "twemoji") and split[k] != "test",
+             "test": lambda k: split[k] == "test"}
+    for view, keep in cases.items():
+        keys = [s["key"] for s in load_view(styled, view)[0]]
+        assert keys == [k for k in style if keep(k)] and keys, view
+        assert view_size(styled, view) == len(keys), view
+
+
+def test_unknown_style_or_view_lists_the_known_ones(styled, emoji_small, capsys):
+    with pytest.raises(ValueError, match="this data has the styles noto, openmoji, twemoji"):
+        load_view(styled, "test+style:comic")
+    with pytest.raises(ValueError, match=r"splits .* style:noto, style:openmoji, style:twemoji"):
+        load_view(styled, "tset")
+    with pytest.raises(ValueError, match="this data has the styles noto "):  # a Noto-only build
+        load_view(emoji_small, "style:twemoji")
+    assert main(["eval", "--model", "brivl-nano", "--data", str(styled), "--view", "style:comic"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown style 'comic'") and err.count("\n") == 1
+
+
+def test_training_stream_keeps_only_the_view_styles(styled):
+    """The training stream of ``train+style:noto+style:twemoji`` draws no OpenMoji render (the held-out style
+    protocol), and its epoch is sized by the view."""
+    from brivl.data.datamodule import ShardDataModule
+
+    seen = []
+    dm = ShardDataModule(data_dir=str(styled), train_view="train+style:noto+style:twemoji", batch_size=4,
+                         num_workers=0, langs=["en"], shuffle_buffer=1)
+    import brivl.data.datamodule as dmod
+
+    real = dmod._TrainMap.__call__
+    try:
+        dmod._TrainMap.__call__ = lambda self, raw, rng: (seen.append(raw["__key__"]), real(self, raw, rng))[1]
+        batches = list(dm.train_dataloader())
+    finally:
+        dmod._TrainMap.__call__ = real
+    assert batches and seen and not [k for k in seen if k.endswith("-openmoji")]
+    assert {k.rsplit("-", 1)[-1] for k in seen if "-" in k} == {"twemoji"}
+    n = len(load_view(styled, "train+style:noto+style:twemoji")[0])
+    assert len(batches) == n // 4

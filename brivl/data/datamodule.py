@@ -2,7 +2,9 @@
 
 A data folder holds shards per split and ``manifest.json`` (see ``emoji.py`` / ``importer.py``).
 Views: ``closed`` (every split: the closed world), a split name (``train``, ``val``, ``test``),
-or several joined by ``+`` (``train+val``).
+or several joined by ``+`` (``train+val``); ``style:NAME`` keeps the renders of one drawing style of a
+multi-style emoji build, alone (``style:openmoji``: every split) or with splits (``test+style:openmoji``,
+``train+style:noto+style:twemoji``): the named splits, unioned, and the named styles, unioned, intersected.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import torch
 
-from .shards import DecodeStats, decode_sample, iter_samples
+from .shards import DecodeStats, decode_sample, iter_samples, iter_tar
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,50 @@ def load_manifest(data_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+STYLE_PREFIX = "style:"
+
+
+def _view_parts(view: str) -> tuple[list[str], list[str]]:
+    """``view`` -> (split parts, style names) as written."""
+    parts = view.split("+")
+    styles = [p[len(STYLE_PREFIX):] for p in parts if p.startswith(STYLE_PREFIX)]
+    return [p for p in parts if not p.startswith(STYLE_PREFIX)], styles
+
+
 def view_splits(manifest: dict, view: str) -> list[str]:
+    """The splits a view reads (every split for ``closed``, ``all`` or a view of styles only)."""
     splits = list(manifest["splits"])
-    names = splits if view in ("closed", "all") else view.split("+")
+    names, _ = _view_parts(view)
+    names = splits if names in ([], ["closed"], ["all"]) else names
     bad = [n for n in names if n not in splits]
     if bad:
-        raise ValueError(f"unknown view {view!r}: this data has splits {splits} (or 'closed' for all of them)")
+        raise ValueError(f"unknown view {view!r}: this data has splits {splits} (or 'closed' for all of them), "
+                         f"optionally with styles: {', '.join(STYLE_PREFIX + st for st in data_styles(manifest))}")
     return names
+
+
+def data_styles(manifest: dict) -> list[str]:
+    """The drawing styles of a data folder: those its manifest counts, else the one style of a Noto-only build."""
+    return list(manifest.get("styles") or {}) or ["noto"]
+
+
+def view_styles(manifest: dict, view: str) -> set[str] | None:
+    """The styles a view keeps, or ``None`` for every style (an unknown style lists the known ones)."""
+    _, styles = _view_parts(view)
+    if not styles:
+        return None
+    known = data_styles(manifest)
+    bad = [st for st in styles if st not in known]
+    if bad:
+        raise ValueError(f"unknown style {bad[0]!r} in view {view!r}: this data has the styles "
+                         f"{', '.join(known)} (views: {', '.join(STYLE_PREFIX + st for st in known)})")
+    return set(styles)
+
+
+def sample_style(key: str) -> str:
+    """The drawing style of an emoji sample from its key (:func:`brivl.data.emoji.style_key`: ``<id>-<style>``,
+    the bare id for Noto)."""
+    return key.rsplit("-", 1)[1] if "-" in key else "noto"
 
 
 def view_shards(data_dir: str | Path, view: str) -> list[str]:
@@ -47,10 +86,22 @@ def view_shards(data_dir: str | Path, view: str) -> list[str]:
     return [str(Path(data_dir) / s) for n in view_splits(manifest, view) for s in manifest["splits"][n]["shards"]]
 
 
+def view_size(data_dir: str | Path, view: str) -> int:
+    """How many samples a view holds (the manifest's counts; a view of styles counts the keys in its shards)."""
+    manifest = load_manifest(data_dir)
+    styles = view_styles(manifest, view)
+    if styles is None:
+        return sum(manifest["splits"][s]["count"] for s in view_splits(manifest, view))
+    return sum(sample_style(raw["__key__"]) in styles for shard in view_shards(data_dir, view)
+               for raw in iter_tar(shard))
+
+
 def load_view(data_dir: str | Path, view: str) -> tuple[list[dict], DecodeStats]:
     """Every decoded sample of a view, in shard order (for evaluation and indexing)."""
     stats = DecodeStats()
-    samples = list(iter_samples(view_shards(data_dir, view), stats))
+    styles = view_styles(load_manifest(data_dir), view)
+    samples = [s for s in iter_samples(view_shards(data_dir, view), stats)
+               if styles is None or sample_style(s["key"]) in styles]
     return samples, stats
 
 
@@ -152,25 +203,21 @@ class TrainAugment:
 
 
 class _TrainMap:
-    """Picklable per-sample map: raw -> (image tensor, caption, lang) or None (corrupt / no caption)."""
+    """Picklable per-sample map: (raw sample, its rng) -> (image tensor, captions) or None (corrupt / no caption)."""
 
-    def __init__(self, augment: TrainAugment, captions: CaptionSampler, seed: int):
-        self.augment, self.captions, self.seed = augment, captions, seed
-        self.rng: random.Random | None = None
+    def __init__(self, augment: TrainAugment, captions: CaptionSampler):
+        self.augment, self.captions = augment, captions
         self.stats = DecodeStats()
 
-    def __call__(self, raw: dict):
-        if self.rng is None:
-            info = torch.utils.data.get_worker_info()
-            self.rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+    def __call__(self, raw: dict, rng: random.Random):
         s = decode_sample(raw, self.stats)
         if s is None:
             return None
-        caps = self.captions(s["meta"], self.rng)
+        caps = self.captions(s["meta"], rng)
         if caps is None:
             self.stats.skip("no caption in the requested languages", s["key"])
             return None
-        return self.augment(s["image"], self.rng), caps
+        return self.augment(s["image"], rng), caps
 
 
 def _collate(samples):
@@ -180,6 +227,81 @@ def _collate(samples):
     return {"images": torch.stack(images),
             "texts": [[c[j][0] for c in caps] for j in range(m)],
             "langs": [[c[j][1] for c in caps] for j in range(m)]}
+
+
+def _seed(*parts: int) -> int:
+    """One 63-bit seed from integers (no ``hash`` of strings: that differs between processes)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """The training stream: shards drawn with replacement, samples shuffled in a buffer, decoded, augmented,
+    captioned and batched; ``batches_per_epoch`` batches per worker and epoch.
+
+    It is a pure function of (``seed``, rank, worker, epoch): the shard draws and the shuffle are seeded per
+    epoch, and each sample's augmentation and captions by its position in the shuffled stream, so two runs of one
+    seed see the same batches. Every batch carries ``"stream"`` = (rank, worker, epoch, position, batches) of
+    where it ends, which :class:`ShardDataModule` keeps as its checkpoint state; :meth:`resume_from` makes the
+    next epoch start where that state left off (the samples before it are read through the shuffle again but
+    not decoded), so a run killed at any step and resumed from its checkpoint continues with the batches the
+    uninterrupted run would have drawn (exact with 0 or 1 worker; with more, the same samples in another
+    interleaving of the workers' batches)."""
+
+    def __init__(self, urls: list[str], fn: _TrainMap, batch_size: int, batches_per_epoch: int,
+                 shuffle_buffer: int, seed: int, styles: set[str] | None = None):
+        super().__init__()
+        self.urls, self.fn, self.batch_size, self.batches_per_epoch = urls, fn, batch_size, batches_per_epoch
+        self.shuffle_buffer, self.seed, self.styles = max(1, shuffle_buffer), seed, styles
+        self.epoch = -1  # incremented at the start of each epoch's iteration (in a persistent worker's copy)
+        self.resume: dict | None = None  # {"epoch": e, "workers": {"rank:worker": [position, batches]}}
+
+    def resume_from(self, state: dict) -> None:
+        """Continue after ``state`` (the data module's checkpoint state): its epoch, from its positions."""
+        self.resume = state
+        self.epoch = int(state["epoch"]) - 1
+
+    def _raw(self, rng: random.Random):
+        import webdataset as wds
+
+        shards = (dict(url=self.urls[rng.randrange(len(self.urls))]) for _ in iter(int, 1))  # with replacement
+        for raw in wds.tarfile_to_samples(handler=wds.warn_and_continue)(shards):
+            if self.styles is None or sample_style(raw["__key__"]) in self.styles:
+                yield raw
+
+    def _shuffled(self, raws, rng: random.Random):
+        buf = []
+        for raw in raws:
+            buf.append(raw)
+            if len(buf) >= self.shuffle_buffer:
+                i = rng.randrange(len(buf))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
+
+    def __iter__(self):
+        import webdataset as wds
+
+        self.epoch += 1
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        base = _seed(self.seed, rank, worker, self.epoch)
+        skip, done = 0, 0
+        if self.resume is not None and int(self.resume["epoch"]) == self.epoch:
+            skip, done = (self.resume["workers"].get(f"{rank}:{worker}") or [0, 0])
+        batch = []
+        for pos, raw in enumerate(self._shuffled(self._raw(random.Random(base)), random.Random(base + 1)), 1):
+            if done >= self.batches_per_epoch:
+                return
+            if pos <= skip:  # before the resume point: through the shuffle, not decoded
+                continue
+            item = self.fn(raw, random.Random(_seed(base, pos)))
+            if item is None:
+                continue
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                done += 1
+                yield {**_collate(batch), "stream": torch.tensor([rank, worker, self.epoch, pos, done])}
+                batch = []
 
 
 class ClosedViewDataset(torch.utils.data.Dataset):
@@ -234,35 +356,47 @@ class ShardDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.image_size, self.mean, self.std = 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        self._progress: dict = {}  # the training stream's position (state_dict)
+        self._resume: dict | None = None
+        self._stream: TrainStream | None = None
 
     def configure_preprocess(self, image_size: int, mean, std) -> None:
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
 
     def train_dataloader(self):
-        import webdataset as wds
-
         hp = self.hparams
         urls = view_shards(hp.data_dir, hp.train_view)
         manifest = load_manifest(hp.data_dir)
         from .languages import resolve_langs
 
         langs = resolve_langs(hp.langs, hp.data_dir)  # 'all': the covered languages; an unknown code is an error
-        n = hp.epoch_samples or sum(manifest["splits"][s]["count"] for s in view_splits(manifest, hp.train_view))
+        styles = view_styles(manifest, hp.train_view)
+        n = hp.epoch_samples or view_size(hp.data_dir, hp.train_view)
         workers = max(1, hp.num_workers)
         batches_per_worker = max(1, n // (hp.batch_size * workers))
         fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0), hp.bg_min),
-                       CaptionSampler(langs, hp.name_prob, hp.max_keywords, hp.captions_per_image), hp.seed)
-        ds = (
-            wds.WebDataset(urls, resampled=True, shardshuffle=False,
-                           handler=wds.warn_and_continue)
-            .shuffle(hp.shuffle_buffer, rng=random.Random(hp.seed))
-            .map(fn)
-            .select(lambda x: x is not None)
-            .batched(hp.batch_size, collation_fn=_collate, partial=False)
-            .with_epoch(batches_per_worker)
-        )
-        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=hp.num_workers,
+                       CaptionSampler(langs, hp.name_prob, hp.max_keywords, hp.captions_per_image))
+        self._stream = TrainStream(urls, fn, hp.batch_size, batches_per_worker, hp.shuffle_buffer, hp.seed, styles)
+        if self._resume is not None:
+            self._stream.resume_from(self._resume)
+        return torch.utils.data.DataLoader(self._stream, batch_size=None, num_workers=hp.num_workers,
                                            persistent_workers=hp.num_workers > 0)
+
+    # where the training stream stands, kept in every checkpoint so a resumed run draws the batches that follow
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict) and "stream" in batch:
+            rank, worker, epoch, pos, done = (int(v) for v in batch.pop("stream"))
+            if epoch != self._progress.get("epoch"):
+                self._progress = {"epoch": epoch, "workers": {}}
+            self._progress["workers"][f"{rank}:{worker}"] = [pos, done]
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"train_stream": self._progress} if self._progress else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = state_dict.get("train_stream")
+        self._progress = dict(self._resume or {})
 
     def val_dataloader(self):
         return view_loader(self.hparams.data_dir, self.hparams.val_view, self.image_size, self.mean, self.std)
