@@ -75,8 +75,11 @@ def list_inputs(data: str | os.PathLike, view: str = "closed", files_per_shard: 
             raise UserError(f"--data {data} is a file but not a .tar shard")
         return [InputShard(data.stem, tar=str(data.resolve()))]
     if (data / "manifest.json").is_file():
-        from brivl.data.datamodule import view_shards
+        from brivl.data.datamodule import STYLE_PREFIX, view_shards
 
+        if STYLE_PREFIX in view:
+            raise UserError(f"--view {view}: index embed reads whole shards, so it takes splits (closed, test, "
+                            "train+val), not styles; every style of a multi-style build is indexed")
         try:
             shards = view_shards(data, view)
         except ValueError as e:

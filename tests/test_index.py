@@ -300,6 +300,8 @@ def test_cli_bad_input_one_line_errors(built, models, emoji_small, tmp_path):
         "another model (image)": (["search", "--index", I, "--image", str(tmp_path / "ok.png"), "--model",
                                    str(models[1])], "another model"),
         "unknown key": (["remove", "--index", I, "--keys", "nope"], "not in the index"),
+        "a style view to embed": (["embed", "--model", str(models[0]), "--data", str(emoji_small), "--view",
+                                   "style:noto", "--out", str(tmp_path / "emb-style")], "takes splits"),
     }
     for name, (argv, expect) in cases.items():
         r = subprocess.run([sys.executable, "-m", "index", *argv], capture_output=True, text=True, cwd=REPO)
