@@ -143,3 +143,31 @@ def test_family_key_joins_gender_skin_tone_and_hair_variants():
     assert family_key("1f431") == "1f431" and family_key("2764_fe0f") == "2764"
     assert family_key("1f468_200d_1f469_200d_1f467") == "1f9d1_200d_1f9d1_200d_1f9d2"  # a family stays a family
     assert family_key("1f431") != family_key("1f408")  # cat face and cat are different concepts
+
+
+def test_style_augmentations_keep_the_shape_and_do_what_they_say():
+    """grayscale: equal channels; outline: black-and-white line art; jitter and blur change the colours; every
+    one keeps the alpha channel (the emoji's silhouette); off by default; the same rng gives the same image."""
+    import random
+
+    from brivl.data.datamodule import TrainAugment
+
+    img = Image.new("RGBA", (48, 48), (0, 0, 0, 0))
+    for x in range(8, 40):
+        for y in range(8, 40):
+            img.putpixel((x, y), (230, 40 + 4 * x, 30 + 3 * y, 255) if (x // 8 + y // 8) % 2 else (20, 90, 200, 255))
+    base = TrainAugment(48, (0.0,) * 3, (1.0,) * 3, (1.0, 1.0), 255)
+    assert base.restyle(img, random.Random(0)).tobytes() == img.tobytes()  # nothing on by default
+
+    def restyled(**kw):
+        return TrainAugment(48, (0.0,) * 3, (1.0,) * 3, (1.0, 1.0), 255, **kw).restyle(img, random.Random(3))
+
+    gray, line = restyled(grayscale=1.0), restyled(outline=1.0)
+    jit, blur = restyled(jitter=0.4, jitter_p=1.0), restyled(blur=1.0)
+    for out in (gray, line, jit, blur):
+        assert out.mode == "RGBA" and out.getchannel("A").tobytes() == img.getchannel("A").tobytes()
+        assert out.tobytes() != img.tobytes()
+    r, g, b, _ = gray.split()
+    assert r.tobytes() == g.tobytes() == b.tobytes()
+    assert set(line.convert("RGB").getdata()) <= {(0, 0, 0), (255, 255, 255)} and (0, 0, 0) in set(line.convert("RGB").getdata())
+    assert restyled(jitter=0.4, jitter_p=1.0).tobytes() == jit.tobytes()  # deterministic in its rng

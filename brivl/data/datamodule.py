@@ -176,10 +176,41 @@ def _normalize(image, mean, std) -> torch.Tensor:
 
 
 class TrainAugment:
-    """Rendering-level augmentation: random scale and position on a random light background."""
+    """Rendering-level augmentation: random scale and position on a random light background, and, each with its
+    own probability, the drawing-style changes that help a model carry a concept across styles (measured in an
+    ablation on a held-out style, not assumed): ``grayscale``; ``jitter`` (brightness, contrast, saturation each
+    scaled by a factor in [1 - j, 1 + j], hue rotated by up to j / 2 of the circle); ``blur`` (Gaussian, radius
+    0.5-1.5 px at the render's size); ``outline`` (the drawing reduced to its dark contour lines on its own
+    silhouette, a line-art style). The alpha channel (the emoji's shape) is kept by all of them."""
 
-    def __init__(self, size: int, mean, std, scale: tuple[float, float] = (0.6, 1.0), bg_min: int = 180):
+    def __init__(self, size: int, mean, std, scale: tuple[float, float] = (0.6, 1.0), bg_min: int = 180,
+                 grayscale: float = 0.0, jitter: float = 0.0, jitter_p: float = 0.0, blur: float = 0.0,
+                 outline: float = 0.0):
         self.size, self.mean, self.std, self.scale, self.bg_min = size, mean, std, scale, bg_min
+        self.grayscale, self.jitter, self.jitter_p, self.blur, self.outline = grayscale, jitter, jitter_p, blur, outline
+
+    def restyle(self, image, rng: random.Random):
+        """The style changes of the augmentation, applied to an RGBA image (alpha kept)."""
+        from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+        rgb, alpha = image.convert("RGB"), image.getchannel("A")
+        if self.outline and rng.random() < self.outline:
+            edges = ImageOps.invert(rgb.convert("L").filter(ImageFilter.FIND_EDGES)).point(lambda v: 0 if v < 200 else 255)
+            rgb = Image.merge("RGB", [edges] * 3)
+        if self.jitter_p and rng.random() < self.jitter_p:
+            j = self.jitter
+            for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+                rgb = enhance(rgb).enhance(rng.uniform(1 - j, 1 + j))
+            h, sat, v = rgb.convert("HSV").split()
+            shift = round(rng.uniform(-j / 2, j / 2) * 255)
+            rgb = Image.merge("HSV", (h.point(lambda x: (x + shift) % 256), sat, v)).convert("RGB")
+        if self.grayscale and rng.random() < self.grayscale:
+            rgb = rgb.convert("L").convert("RGB")
+        if self.blur and rng.random() < self.blur:
+            rgb = rgb.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5) * image.size[0] / self.size))
+        out = rgb.convert("RGBA")
+        out.putalpha(alpha)
+        return out
 
     def __call__(self, image, rng: random.Random) -> torch.Tensor:
         from PIL import Image
@@ -187,7 +218,7 @@ class TrainAugment:
         bg = tuple(rng.randint(self.bg_min, 255) for _ in range(3))
         s = max(1, round(self.size * rng.uniform(*self.scale)))
         if image.mode in ("RGBA", "LA", "P"):
-            fg = image.convert("RGBA").resize((s, s), Image.Resampling.BICUBIC)
+            fg = self.restyle(image.convert("RGBA"), rng).resize((s, s), Image.Resampling.BICUBIC)
             canvas = Image.new("RGBA", (self.size, self.size), bg + (255,))
             canvas.alpha_composite(fg, (rng.randint(0, self.size - s), rng.randint(0, self.size - s)))
             return _normalize(canvas.convert("RGB"), self.mean, self.std)
@@ -330,7 +361,9 @@ class ShardDataModule(pl.LightningDataModule):
     """WebDataset shards -> augmented (image, caption) batches; a whole view for validation.
 
     Augmentation: each emoji scaled by a factor in [``scale_min``, 1] and placed at random on a light
-    background whose channels are drawn from [``bg_min``, 255] (255: always white).
+    background whose channels are drawn from [``bg_min``, 255] (255: always white); with probabilities
+    ``grayscale``, ``jitter_p`` (strength ``jitter``), ``blur`` and ``outline``, the style changes of
+    :class:`TrainAugment` (all off by default).
 
     ``image_size``/``mean``/``std`` are set from the model by the system (``configure_preprocess``).
     """
@@ -349,6 +382,11 @@ class ShardDataModule(pl.LightningDataModule):
         captions_per_image: int = 1,
         scale_min: float = 0.6,
         bg_min: int = 180,
+        grayscale: float = 0.0,
+        jitter: float = 0.0,
+        jitter_p: float = 0.0,
+        blur: float = 0.0,
+        outline: float = 0.0,
         shuffle_buffer: int = 2000,
         epoch_samples: int | None = None,
         seed: int = 0,
@@ -374,7 +412,8 @@ class ShardDataModule(pl.LightningDataModule):
         n = hp.epoch_samples or view_size(hp.data_dir, hp.train_view)
         workers = max(1, hp.num_workers)
         batches_per_worker = max(1, n // (hp.batch_size * workers))
-        fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0), hp.bg_min),
+        fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0), hp.bg_min,
+                                    hp.grayscale, hp.jitter, hp.jitter_p, hp.blur, hp.outline),
                        CaptionSampler(langs, hp.name_prob, hp.max_keywords, hp.captions_per_image))
         self._stream = TrainStream(urls, fn, hp.batch_size, batches_per_worker, hp.shuffle_buffer, hp.seed, styles)
         if self._resume is not None:
