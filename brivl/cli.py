@@ -280,6 +280,37 @@ def cmd_eval(a) -> None:
         print(format_table(res, f"{a.model} on {a.data} [{a.view}] ({res['n_images']} images)"))
 
 
+def cmd_views(a) -> None:
+    """Every model on every view of a (multi-style) data folder: one table and the generalization targets."""
+    from .data.datamodule import data_styles, load_manifest, load_view
+    from .generalization import generalization_checks, views_table
+    from .model import create_model
+
+    views = a.views or eval_views(a.data)
+    rows = dict(r.split("=", 1) if "=" in r else (r, r) for r in a.models)
+    held = dict(h.split("=", 1) for h in a.held_out_style)
+    unknown = [n for n in held if n not in rows]
+    if unknown:
+        raise CLIError(f"--held-out-style names {unknown}, not among the rows {list(rows)}")
+    loaded = {v: load_view(a.data, v) for v in views}  # decoded once for every model
+    results: dict = {}
+    for name, folder in rows.items():
+        model = create_model(folder)
+        print(f"evaluating {folder} on {len(views)} views of {a.data} ...", file=sys.stderr)
+        results[name] = {v: run_eval(model, a.data, v, a.langs, name=folder, loaded=loaded[v], zeroshot=False)
+                         for v in views}
+    print(views_table(results, views))
+    styles = data_styles(load_manifest(a.data))
+    for name in rows:
+        for line in generalization_checks(results[name], styles, held.get(name)):
+            print(f"{name}: {line}")
+    if a.out:
+        from .data.shards import atomic_write_json
+
+        atomic_write_json(Path(a.out), results)
+        print(f"-> {a.out}")
+
+
 def cmd_plot(a) -> None:
     from .plots import plot_loss_curve
 
@@ -370,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--langs", nargs="+", default=None, help=f"default: {' '.join(M9)}")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--no-zeroshot", action="store_true", help="retrieval only (zero-shot classification skipped)")
+    g = sub.add_parser("views", help="models x views of a multi-style build (closed, test, style:S, test+style:S) "
+                                     "as one table, with the generalization targets")
+    g.add_argument("--models", nargs="+", required=True, help="model folders or names, as NAME=FOLDER or FOLDER")
+    g.add_argument("--data", default="data/emoji-3")
+    g.add_argument("--views", nargs="+", default=None, help="default: every view of the data (brivl export's)")
+    g.add_argument("--langs", nargs="+", default=None)
+    g.add_argument("--held-out-style", nargs="*", default=[], metavar="NAME=STYLE",
+                   help="the style a row's model never trained on (checked against the held-out style target)")
+    g.add_argument("--out", default=None, help="write every result as JSON here")
+    g.set_defaults(func=cmd_views)
     c = sub.add_parser("compositional", help="Winoground-style text/image/group scores: attribute binding "
                                              "(colour, direction, gender) and relations (left of, above)")
     c.add_argument("--model", default=DEFAULT_MODEL)
