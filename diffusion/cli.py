@@ -189,7 +189,7 @@ def cmd_eval(a) -> None:
     from brivl.data.shards import atomic_write_json
     from brivl.model import create_model
 
-    from .evaluate import (copy_baseline, cross_lingual_consistency, format_consistency_table,
+    from .evaluate import (chance, copy_baseline, cross_lingual_consistency, format_consistency_table,
                            format_generation_table, generation_recall, judge_embed, pick_concepts)
 
     if a.n < 1 or a.steps < 1 or a.consistency < 0:
@@ -207,7 +207,7 @@ def cmd_eval(a) -> None:
     langs = a.langs or list(M9)
     result = {"model": a.model, "judge": a.judge, "split": a.split, "scheduler": a.scheduler, "steps": a.steps,
               "seed": a.seed, "by_guidance": {}}
-    for g in a.guidance:
+    for g in ([] if a.skip_generation else a.guidance):
         result["by_guidance"][f"{g:g}"] = generation_recall(pipe, judge, images, keys, concepts, langs, train_keys,
                                                             a.steps, g, a.seed, progress=not a.json)
     tower = copy_tower(a.model) if a.copy_tower == "auto" else a.copy_tower
@@ -215,7 +215,7 @@ def cmd_eval(a) -> None:
         result["copy_baseline"] = copy_baseline(create_model(tower).eval(), judge_embed(judge, images), images, keys,
                                                 concepts, langs, train_keys, seed=a.seed)
         result["copy_tower"] = tower
-    if a.consistency:
+    if a.consistency and not a.skip_generation:
         picked = pick_concepts(concepts, a.consistency, a.seed + 1)
         result["consistency"] = cross_lingual_consistency(pipe, judge, picked, langs, emoji_categories(), a.steps,
                                                           a.guidance[0], a.seed)
@@ -225,6 +225,9 @@ def cmd_eval(a) -> None:
         for g, r in result["by_guidance"].items():
             print(f"\n{a.split} concepts, {a.scheduler} {a.steps} steps, guidance {g}:\n"
                   + format_generation_table(r, result.get("copy_baseline")))
+        if a.skip_generation and "copy_baseline" in result:
+            rows = {"languages": {}, "chance": chance(len(keys)), "gallery": len(keys)}
+            print(f"\n{a.split} concepts, no generation:\n" + format_generation_table(rows, result["copy_baseline"]))
         if "consistency" in result:
             print(f"\nguidance {a.guidance[0]:g}:\n" + format_consistency_table(result["consistency"]))
     if a.out:
@@ -294,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--copy-tower", default="auto",
                    help="the dual tower of the copy baseline (the training render it retrieves for each prompt, "
                         "judged like a generation); auto: the model's text tower (trained_with.json); none: skip")
+    v.add_argument("--skip-generation", action="store_true",
+                   help="only the controls that need no generation (the copy baseline, chance)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--out", default=None, help="write the result as JSON here")

@@ -169,8 +169,7 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
                                        "shuffled")
     bar.update()
     bar.close()
-    result["chance"] = {**{f"R@{k}": min(1.0, k / len(gallery_keys)) for k in ks},
-                        "median_rank": (len(gallery_keys) + 1) / 2}
+    result["chance"] = chance(len(gallery_keys), ks)
     if train_cols:
         result["memorization"]["reference"] = real_render_reference(gallery, gallery_keys, set(train_keys))
     return result
@@ -200,6 +199,11 @@ def copy_baseline(tower, judge_gallery: torch.Tensor, gallery_images: torch.Tens
         out[lang] = {**rank_summary(ranks, ks, n_boot, seed), "keys": [c["key"] for c in named], "ranks": ranks,
                      "copied": [gallery_keys[train_cols[int(j)]] for j in copied]}
     return out
+
+
+def chance(gallery: int, ks: Sequence[int] = KS) -> dict:
+    """R@k and median rank of a generation that lands anywhere at random among ``gallery`` renders."""
+    return {**{f"R@{k}": min(1.0, k / gallery) for k in ks}, "median_rank": (gallery + 1) / 2}
 
 
 def real_render_reference(gallery: torch.Tensor, gallery_keys: list[str], train_keys: set) -> dict:
@@ -255,7 +259,8 @@ def consistency_row(same: list[float], diff: list[float]) -> dict:
 def format_generation_table(result: dict, copy: dict | None = None) -> str:
     """The per-language table of :func:`generation_recall`'s result, with the controls, and the rows of
     :func:`copy_baseline` (``copy``) when given."""
-    ks = [k for k in next(iter(result["languages"].values())) if k.startswith("R@") and not k.endswith("_ci")]
+    first = next(iter(result["languages"].values()), None) or next(iter((copy or {}).values()))
+    ks = [k for k in first if k.startswith("R@") and not k.endswith("_ci")]
     # (per-concept "keys" and "ranks" stay in the JSON: a generation can be re-made from its key and seed)
     head = ("| generation -> real render | " + " | ".join(f"{k} [95% CI]" for k in ks)
             + " | median rank [95% CI] | n | NN train dist | NN = asked |")

@@ -155,6 +155,13 @@ def test_fit_export_generate(tmp_path, emoji_small):
     assert set(r["languages"]) == {"en", "zh"} and r["shuffled_en"]["n"] == 3
     assert r["languages"]["en"]["R@10_ci"][0] <= r["languages"]["en"]["R@10"] <= r["languages"]["en"]["R@10_ci"][1]
     assert set(r["memorization"]) == {"en", "zh", "reference"} and got["consistency"]["overall"]["n"] == 2
+    # the copy baseline comes with every eval (the generator's own text tower, from trained_with.json)
+    assert got["copy_tower"] == TOWER and {la: c["n"] for la, c in got["copy_baseline"].items()} == {"en": 3, "zh": 3}
+    assert main(["eval", "--model", str(out), "--judge", str(REPO / "models" / "brivl-emoji"), "--data", str(emoji_small),
+                 "--n", "3", "--langs", "en", "--skip-generation", "--out", str(res)]) == 0
+    only = json.loads(res.read_text())
+    assert only["by_guidance"] == {} and "consistency" not in only
+    assert only["copy_baseline"]["en"]["ranks"] == got["copy_baseline"]["en"]["ranks"]
     assert main(["eval", "--model", str(out), "--scheduler", "heun"]) == 2  # unknown: lists the known ones
     import shutil
 
