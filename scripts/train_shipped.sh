@@ -12,6 +12,9 @@
 #     m18          stage 1 on 18 languages                         -> runs/export/altclip-emoji-distill-m18
 #     distill-all  stage 1 in every covered language (102), its own 16k tokenizer -> models/altclip-emoji-all-distill
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
+#     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
+#     heldout      the held-out style ablation: noto+twemoji only, without and with style augmentations
+#                  (configs/ablation/heldout-openmoji*.yaml) -> runs/export/heldout-openmoji{,-aug}
 #     diffusion    one leg of AltDiffusion (configs/altdiffusion-emoji-cpu.yaml, MAX_TIME long), resumed from
 #                  models/altdiffusion-emoji when it holds a resume state -> models/altdiffusion-emoji
 #                  (repeat it: each leg adds to the last; training_state.json counts steps and samples)
@@ -38,13 +41,13 @@ fit_export() {
   $PY -m "$cli" fit "$@" $EXTRA
   local v; v=$(latest_run "$run")
   [ -f "$v/checkpoints/last.ckpt" ] || { echo "no checkpoint in $v" >&2; exit 1; }
-  local eval_args=(); [ "$EVAL" = 1 ] && eval_args=(--eval-data data/emoji)
+  local eval_args=(); [ "$EVAL" = 1 ] && eval_args=(--eval-data "${EVAL_DATA:-data/emoji}")
   # shellcheck disable=SC2086
   $PY -m "$exporter" export --ckpt "$v/checkpoints/last.ckpt" --config "$v/config.yaml" --out "$out" \
     "${eval_args[@]}" $export_args
 }
 
-[ $# -gt 0 ] || { sed -n 2,19p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,25p "$0"; exit 2; }
 for stage in "$@"; do
   case $stage in
     brivl) EVAL=0 fit_export brivl brivl brivl-emoji runs/export/brivl-emoji-2400 "" --config configs/brivl-emoji.yaml \
@@ -70,6 +73,16 @@ for stage in "$@"; do
     contrastive-all) fit_export altclip brivl altclip-contrastive-all models/altclip-emoji-all "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
+    brivl3) [ -f data/emoji-3/manifest.json ] || $PY -m brivl data emoji --out data/emoji-3 \
+        --styles noto twemoji openmoji --split-by family
+      EVAL_DATA=data/emoji-3 fit_export brivl brivl brivl-emoji3 models/brivl-emoji3 "" --config configs/brivl-emoji.yaml \
+        --config configs/brivl-emoji3.yaml --data.num_workers "$WORKERS" ;;
+    heldout) for arm in "" -aug; do
+        cfgs=(--config configs/brivl-emoji.yaml --config configs/ablation/heldout-openmoji.yaml)
+        [ -n "$arm" ] && cfgs+=(--config configs/ablation/heldout-openmoji-aug.yaml)
+        EVAL_DATA=data/emoji-3 fit_export brivl brivl "heldout-openmoji$arm" "runs/export/heldout-openmoji$arm" "" \
+          "${cfgs[@]}" --data.num_workers "$WORKERS"
+      done ;;
     diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
       # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
       [ -f $state ] && resume=(--model.init_args.init_from models/altdiffusion-emoji \
@@ -77,6 +90,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 distill-all contrastive-all diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 distill-all contrastive-all brivl3 heldout diffusion)" >&2; exit 2 ;;
   esac
 done
