@@ -9,6 +9,9 @@ A group is two images and two captions that use the same words or the same conce
 * **relations**: two emoji composed side by side in one image, ``A left of B`` vs ``B left of A`` (and
   ``above``), captioned with one hand-written template per m9 language (:data:`TEMPLATES`).
 
+For training (NegCLIP's fix), :func:`relation_sample` makes the same kind of composed image from two training
+renders, with its caption and its hard negative (the caption with the order swapped).
+
 Scores per group (``s(c, i)``: the model's cosine of caption c and image i), as Winoground defines them:
 text score = each image prefers its own caption; image score = each caption prefers its own image; group
 score = both. Chance: 1/4, 1/4, 1/6. On ``--view test`` a group uses only held-out concepts.
@@ -71,12 +74,13 @@ def attribute_groups(samples: list[dict]) -> dict[str, list[tuple[int, int]]]:
     return kinds
 
 
-def compose(a, b, relation: str, size: int):
-    """``a`` left of ``b`` (or above it) on a white square of ``size`` px, each at half the side."""
+def compose(a, b, relation: str, size: int, background: tuple[int, int, int, int] = (255, 255, 255, 255)):
+    """``a`` left of ``b`` (or above it) on a square of ``size`` px (white; transparent for training, where the
+    augmentation paints the background), each at half the side."""
     from PIL import Image
 
     half = size // 2
-    canvas = Image.new("RGBA", (size, size), (255, 255, 255, 255))
+    canvas = Image.new("RGBA", (size, size), background)
     ia, ib = a.convert("RGBA").resize((half, half)), b.convert("RGBA").resize((half, half))
     if relation == "left of":
         pos_a, pos_b = (0, size // 4), (half, size // 4)
@@ -85,6 +89,22 @@ def compose(a, b, relation: str, size: int):
     canvas.alpha_composite(ia, pos_a)
     canvas.alpha_composite(ib, pos_b)
     return canvas
+
+
+def relation_sample(a, b, names_a: dict, names_b: dict, langs: list[str], rng: random.Random):
+    """A composed training image of two renders ``a`` and ``b`` (transparent background) and, per language in
+    ``langs`` (picked among those with a template and both names), the relation caption and its hard negative
+    (the same words, the order swapped); ``None`` when no language fits."""
+    ok = [lang for lang in langs if lang in TEMPLATES["above"] and names_a.get(lang) and names_b.get(lang)]
+    if not ok:
+        return None
+    relation = rng.choice(sorted(TEMPLATES))
+    image = compose(a, b, relation, max(a.size[0], b.size[0], 32), background=(0, 0, 0, 0))
+    caps = []
+    for lang in ok:
+        t = TEMPLATES[relation][lang]
+        caps.append((t.format(a=names_a[lang], b=names_b[lang]), t.format(a=names_b[lang], b=names_a[lang]), lang))
+    return image, caps
 
 
 def _bootstrap(values: torch.Tensor, n: int = 1000, seed: int = 0) -> list[float]:

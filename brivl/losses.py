@@ -1,6 +1,8 @@
 """Contrastive losses for the dual tower.
 
 * In-batch symmetric InfoNCE: open_clip's ``ClipLoss`` (features gathered across DDP ranks).
+* NegCLIP's hard negatives (Yuksekgonul et al., 2023): the same InfoNCE, with extra captions (the order or the
+  attribute of a caption swapped) as columns of the image->text softmax only.
 * BriVL's cross-modal momentum-queue loss (Huo et al., 2021, after MoCo, He et al., 2020):
   momentum copies of both towers give keys; an image-key queue and a text-key queue hold the last K
   keys; InfoNCE both ways over 1 positive (the momentum key of the pair) + K queue negatives.
@@ -27,6 +29,27 @@ def make_clip_loss() -> nn.Module:
 
     rank, world = dist_info()
     return ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
+
+
+class HardNegativeClipLoss(nn.Module):
+    """Symmetric InfoNCE where each image is also scored against ``negatives`` ``(N, D)``: hard negative captions
+    (NegCLIP). Text->image is the plain in-batch term; image->text has the batch's texts and the negatives as
+    columns. Under DDP the local rows meet every rank's texts / images (gathered with their gradients, open_clip's
+    ``gather_features``) plus this rank's negatives. With no negatives on one process it equals ``ClipLoss``."""
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor,
+                logit_scale: torch.Tensor) -> torch.Tensor:
+        rank, world = dist_info()
+        all_image, all_text = image, text
+        if world > 1:
+            from open_clip.loss import gather_features
+
+            all_image, all_text = gather_features(image, text, local_loss=True, gather_with_grad=True, rank=rank,
+                                                  world_size=world)
+        labels = torch.arange(len(image), device=image.device) + rank * len(image)
+        logits_i2t = logit_scale * image @ torch.cat([all_text, negatives]).T  # (B, world * B + N)
+        logits_t2i = logit_scale * text @ all_image.T  # (B, world * B)
+        return (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
 
 
 @torch.no_grad()

@@ -2,6 +2,9 @@
 
 ``loss="clip"``: in-batch symmetric InfoNCE (open_clip's ClipLoss, learnable logit scale).
 ``loss="moco"``: BriVL's cross-modal momentum-queue loss (fixed temperature, momentum towers).
+``hard_negatives=True`` (with ``loss="clip"``): NegCLIP (Yuksekgonul et al., 2023): the batch's hard negative
+captions (``data.compose_p``: composed two-emoji images, the relation caption with the order swapped) are extra
+columns of the image->text softmax (:class:`~brivl.losses.HardNegativeClipLoss`).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import torch
 from .data.emoji import M9
 from .data.languages import resolve_for_datamodule
 from .evaluate import evaluate_model, mean_over_languages
-from .losses import MomentumEncoder, MomentumQueueLoss, make_clip_loss
+from .losses import HardNegativeClipLoss, MomentumEncoder, MomentumQueueLoss, make_clip_loss
 from .model import ConfigMismatchError, DualTower, create_model
 
 
@@ -34,11 +37,14 @@ class DualTowerSystem(pl.LightningModule):
         fused_optimizer: bool = True,
         lock_image: bool = False,
         eval_langs: list[str] = list(M9),
+        hard_negatives: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         if loss not in ("clip", "moco"):
             raise ValueError(f"loss must be 'clip' or 'moco', got {loss!r}")
+        if hard_negatives and loss != "clip":
+            raise ValueError("hard_negatives goes with loss='clip' (NegCLIP is in-batch InfoNCE + hard negatives)")
         self.model: DualTower = create_model(model, pretrained=pretrained, tokenizer=tokenizer).train()
         if self.model.tokenizer is None:
             raise ValueError(f"model {model!r} needs a tokenizer: set model.tokenizer to a tokenizer folder "
@@ -58,7 +64,7 @@ class DualTowerSystem(pl.LightningModule):
             dm.configure_preprocess(self.model.image_size, mean, std)
         self.hparams.eval_langs = resolve_for_datamodule(self.hparams.eval_langs, dm)  # 'all': the covered ones
         if self.hparams.loss == "clip":
-            self.clip_loss = make_clip_loss()  # after the process group exists
+            self.clip_loss = HardNegativeClipLoss() if self.hparams.hard_negatives else make_clip_loss()
         elif stage == "fit" and dm is not None:
             self.queue_loss.check_batch(dm.hparams.batch_size * self.trainer.world_size)
 
@@ -83,7 +89,17 @@ class DualTowerSystem(pl.LightningModule):
             img = self.model.encode_image(images)  # (B, D)
             txt = self.model.encode_text(ids).view(n_sets, bsz, -1)  # (M, B, D)
             scale = self.model.logit_scale.exp()
-            loss = sum(self.clip_loss(img, txt[m], scale) for m in range(n_sets)) / n_sets
+            if self.hparams.hard_negatives:
+                negs = [[n for n in ns if n] for ns in batch.get("negatives") or [[]] * n_sets]  # per caption set
+                flat = [n for ns in negs for n in ns]
+                neg = (self.model.encode_text(self.model.tokenize(flat).to(self.device)) if flat
+                       else img.new_zeros(0, img.shape[1]))  # (N, D)
+                starts = [sum(len(ns) for ns in negs[:m]) for m in range(n_sets + 1)]
+                loss = sum(self.clip_loss(img, txt[m], neg[starts[m]:starts[m + 1]], scale)
+                           for m in range(n_sets)) / n_sets
+                self.log("train/hard_negatives", float(len(flat)), batch_size=bsz)
+            else:
+                loss = sum(self.clip_loss(img, txt[m], scale) for m in range(n_sets)) / n_sets
             self.log("logit_scale", scale, prog_bar=False)
         else:
             if n_sets != 1:

@@ -234,7 +234,8 @@ class TrainAugment:
 
 
 class _TrainMap:
-    """Picklable per-sample map: (raw sample, its rng) -> (image tensor, captions) or None (corrupt / no caption)."""
+    """Picklable per-sample map: (raw sample, its rng) -> (image tensor, captions, hard negatives) or None (corrupt
+    / no caption); :meth:`compose` makes one composed sample of two raw ones."""
 
     def __init__(self, augment: TrainAugment, captions: CaptionSampler):
         self.augment, self.captions = augment, captions
@@ -242,22 +243,44 @@ class _TrainMap:
 
     def __call__(self, raw: dict, rng: random.Random):
         s = decode_sample(raw, self.stats)
-        if s is None:
-            return None
+        return None if s is None else self._one(s, rng)
+
+    def _one(self, s: dict, rng: random.Random):
         caps = self.captions(s["meta"], rng)
         if caps is None:
             self.stats.skip("no caption in the requested languages", s["key"])
             return None
-        return self.augment(s["image"], rng), caps
+        return self.augment(s["image"], rng), caps, [None] * len(caps)
+
+    def compose(self, raw_a: dict, raw_b: dict, rng: random.Random):
+        """Two renders side by side or one above the other (:func:`brivl.compositional.relation_sample`), captioned
+        with the relation in ``per_image`` languages, each with its order-swapped hard negative; a plain sample when
+        one of the two is corrupt or no language has both names."""
+        from ..compositional import relation_sample
+
+        a, b = decode_sample(raw_a, self.stats), decode_sample(raw_b, self.stats)
+        if a is None or b is None:
+            return None if a is None and b is None else self._one(a or b, rng)
+        langs = self.captions.langs or sorted(a["meta"].get("names") or {})
+        made = relation_sample(a["image"], b["image"], a["meta"].get("names") or {}, b["meta"].get("names") or {},
+                               langs, rng)
+        if made is None:
+            return self._one(a, rng)
+        image, caps = made
+        m = self.captions.per_image
+        picked = rng.sample(caps, min(m, len(caps))) + [rng.choice(caps) for _ in range(m - min(m, len(caps)))]
+        return self.augment(image, rng), [(c, lang) for c, _, lang in picked], [neg for _, neg, _ in picked]
 
 
 def _collate(samples):
-    """-> images (B, 3, S, S); texts / langs: M lists of B (caption set m of every image)."""
-    images, caps = zip(*samples)
+    """-> images (B, 3, S, S); texts / langs / negatives: M lists of B (caption set m of every image; the hard
+    negative of an image's caption, or None)."""
+    images, caps, negs = zip(*samples)
     m = len(caps[0])
     return {"images": torch.stack(images),
             "texts": [[c[j][0] for c in caps] for j in range(m)],
-            "langs": [[c[j][1] for c in caps] for j in range(m)]}
+            "langs": [[c[j][1] for c in caps] for j in range(m)],
+            "negatives": [[n[j] for n in negs] for j in range(m)]}
 
 
 def _seed(*parts: int) -> int:
@@ -281,10 +304,11 @@ class TrainStream(torch.utils.data.IterableDataset):
     interleaving of the workers' batches)."""
 
     def __init__(self, urls: list[str], fn: _TrainMap, batch_size: int, batches_per_epoch: int,
-                 shuffle_buffer: int, seed: int, styles: set[str] | None = None):
+                 shuffle_buffer: int, seed: int, styles: set[str] | None = None, compose_p: float = 0.0):
         super().__init__()
         self.urls, self.fn, self.batch_size, self.batches_per_epoch = urls, fn, batch_size, batches_per_epoch
         self.shuffle_buffer, self.seed, self.styles = max(1, shuffle_buffer), seed, styles
+        self.compose_p = compose_p  # the fraction of items that are two renders composed (two stream positions)
         self.epoch = -1  # incremented at the start of each epoch's iteration (in a persistent worker's copy)
         self.resume: dict | None = None  # {"epoch": e, "workers": {"rank:worker": [position, batches]}}
 
@@ -319,13 +343,20 @@ class TrainStream(torch.utils.data.IterableDataset):
         skip, done = 0, 0
         if self.resume is not None and int(self.resume["epoch"]) == self.epoch:
             skip, done = (self.resume["workers"].get(f"{rank}:{worker}") or [0, 0])
-        batch = []
+        batch, first = [], None  # first: the first render of a composed item, waiting for its second
         for pos, raw in enumerate(self._shuffled(self._raw(random.Random(base)), random.Random(base + 1)), 1):
             if done >= self.batches_per_epoch:
                 return
             if pos <= skip:  # before the resume point: through the shuffle, not decoded
                 continue
-            item = self.fn(raw, random.Random(_seed(base, pos)))
+            rng = random.Random(_seed(base, pos))
+            if first is not None:
+                item, first = self.fn.compose(first, raw, rng), None
+            elif self.compose_p and rng.random() < self.compose_p:
+                first = raw
+                continue
+            else:
+                item = self.fn(raw, rng)
             if item is None:
                 continue
             batch.append(item)
@@ -363,7 +394,9 @@ class ShardDataModule(pl.LightningDataModule):
     Augmentation: each emoji scaled by a factor in [``scale_min``, 1] and placed at random on a light
     background whose channels are drawn from [``bg_min``, 255] (255: always white); with probabilities
     ``grayscale``, ``jitter_p`` (strength ``jitter``), ``blur`` and ``outline``, the style changes of
-    :class:`TrainAugment` (all off by default).
+    :class:`TrainAugment` (all off by default). ``compose_p``: the fraction of training items that are two
+    renders composed side by side or one above the other, captioned with the relation and carrying the
+    order-swapped caption as a hard negative (NegCLIP; ``DualTowerSystem(hard_negatives=True)`` uses it).
 
     ``image_size``/``mean``/``std`` are set from the model by the system (``configure_preprocess``).
     """
@@ -387,6 +420,7 @@ class ShardDataModule(pl.LightningDataModule):
         jitter_p: float = 0.0,
         blur: float = 0.0,
         outline: float = 0.0,
+        compose_p: float = 0.0,
         shuffle_buffer: int = 2000,
         epoch_samples: int | None = None,
         seed: int = 0,
@@ -415,7 +449,8 @@ class ShardDataModule(pl.LightningDataModule):
         fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0), hp.bg_min,
                                     hp.grayscale, hp.jitter, hp.jitter_p, hp.blur, hp.outline),
                        CaptionSampler(langs, hp.name_prob, hp.max_keywords, hp.captions_per_image))
-        self._stream = TrainStream(urls, fn, hp.batch_size, batches_per_worker, hp.shuffle_buffer, hp.seed, styles)
+        self._stream = TrainStream(urls, fn, hp.batch_size, batches_per_worker, hp.shuffle_buffer, hp.seed, styles,
+                                   hp.compose_p)
         if self._resume is not None:
             self._stream.resume_from(self._resume)
         return torch.utils.data.DataLoader(self._stream, batch_size=None, num_workers=hp.num_workers,
