@@ -1,4 +1,6 @@
-"""``python -m brivl``: data, tokenizer, Lightning runs (fit/validate/test), export, eval, demo.
+"""``python -m brivl``: data, tokenizer, Lightning runs (fit/validate/test), export, eval, views.
+
+(The main job's demo, which spans the packages, is ``python -m index demo``.)
 
 Lightning subcommands go to LightningCLI::
 
@@ -317,10 +319,12 @@ def cmd_plot(a) -> None:
     print(plot_loss_curve(a.metrics, a.out or Path(a.metrics).with_name("loss_curve.png")))
 
 
-def cmd_demo(a) -> None:
-    from .demo import run_demo
-
-    run_demo(a.model, a.data, a.queries, grid=a.grid, index_dir=a.index)
+def ensure_data(data: str) -> None:
+    """Build the emoji dataset (``brivl data emoji --out DATA``, tokenizer included) when ``data`` has none."""
+    if not (Path(data) / "manifest.json").exists():
+        print(f"building the emoji dataset under {data} ...")
+        args = build_parser().parse_args(["data", "emoji", "--out", data])
+        args.func(args)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -427,13 +431,6 @@ def build_parser() -> argparse.ArgumentParser:
     pl_.add_argument("--out", default=None)
     pl_.set_defaults(func=cmd_plot)
 
-    dm = sub.add_parser("demo", help="retrieval table + example multilingual queries with the shipped model")
-    dm.add_argument("--model", default=DEFAULT_MODEL)
-    dm.add_argument("--data", default=DEFAULT_DATA)
-    dm.add_argument("--queries", nargs="*", default=None)
-    dm.add_argument("--index", default=None, help="index folder (default: data/index/<model name>, built if missing)")
-    dm.add_argument("--grid", default="runs/demo/queries.png", help="where the image grid of the hits goes")
-    dm.set_defaults(func=cmd_demo)
     return p
 
 

@@ -1,9 +1,6 @@
-"""The README's main job: build the emoji data if missing, load the shipped model, print a per-language
-retrieval table, build the emoji FAISS index (if missing) and answer example queries in the nine m9
-languages from it, and save a grid of the hits."""
+"""The example queries of the main job (``python -m index demo``) and of the generation demo
+(``python -m diffusion demo``): one per m9 language, and three outside m9."""
 from __future__ import annotations
-
-from pathlib import Path
 
 EXAMPLE_QUERIES = [
     ("en", "cat face"), ("zh", "猫"), ("es", "pizza"), ("fr", "cœur rouge"), ("ru", "собака"),
@@ -13,59 +10,3 @@ EXAMPLE_QUERIES = [
 # (models/altclip-emoji-all, configs/altclip-distill-all.yaml); the m9 models show what they do without
 OUTSIDE_M9_QUERIES = [("de", "roter Apfel"), ("hi", "बिल्ली"), ("th", "หัวใจสีแดง")]
 DEMO_QUERIES = EXAMPLE_QUERIES + OUTSIDE_M9_QUERIES
-
-
-def ensure_data(data: str) -> None:
-    if not (Path(data) / "manifest.json").exists():
-        from .cli import build_parser
-
-        print(f"building the emoji dataset under {data} ...")
-        args = build_parser().parse_args(["data", "emoji", "--out", data])
-        args.func(args)
-
-
-def run_demo(model_dir: str, data: str, queries: list[str] | None = None, k: int = 3,
-             grid: str = "runs/demo/queries.png", index_dir: str | None = None) -> None:
-    """Tables on both views, then the emoji index (``data/index/<model name>``) and example searches."""
-    from .cli import run_eval
-    from .data.datamodule import load_view
-    from .evaluate import format_table
-    from .model import create_model
-
-    ensure_data(data)
-    model = create_model(model_dir)
-    closed = load_view(data, "closed")  # decoded once for the table
-    for view in ("closed", "test"):
-        res = run_eval(model, data, view, None, name=model_dir, loaded=closed if view == "closed" else None)
-        print(format_table(res, f"\n{model_dir} text->image / image->text retrieval, view={view} "
-                                f"({res['n_images']} emoji)"))
-    index_dir = index_dir or str(Path(data).parent / "index" / Path(model_dir).name)
-    search_index(model, model_dir, data, queries, k, index_dir, grid)
-
-
-def search_index(model, model_dir: str, data: str, queries: list[str] | None, k: int, index_dir: str, grid: str) -> None:
-    """Build the FAISS index of every emoji (reused when current), then answer the example queries from it."""
-    import time
-
-    from index.api import load_index, search_text
-    from index.build import ensure_index
-    from index.grid import save_grid
-
-    info, built = ensure_index(model_dir, data, index_dir, progress=False, loaded=model)
-    print(f"\nindex {index_dir}: {info['count']} emoji, {info['factory']} "
-          f"({'built' if built else 'reused'}; text encoder: {'ONNX' if info.get('text_encoder') else 'torch'})")
-    qs = [("", q) for q in queries] if queries else DEMO_QUERIES
-    idx = load_index(index_dir)
-    try:
-        t = time.perf_counter()
-        results = search_text(idx, [q for _, q in qs], k=k)
-        ms = 1e3 * (time.perf_counter() - t)
-        print(f"example queries: top {k} of {info['count']} ({len(qs)} queries in {ms:.0f} ms, text encoder start "
-              f"included)")
-        for (lang, q), hits in zip(qs, results):
-            shown = "   ".join(f"{h.label(lang or None)} ({h.score:.2f})" for h in hits)
-            print(f"  [{lang or '?':>2}] {q:<12} -> {shown}")
-        labels = [f"[{lang}] {q}" if lang else q for lang, q in qs]
-        print(f"grid of hits: {save_grid(labels, results, grid, cell=64, label_width=150)}")
-    finally:
-        idx.close()

@@ -236,6 +236,18 @@ def cmd_search(a) -> None:
 # --------------------------------------------------------------------------------------------- parser
 
 
+def cmd_demo(a) -> None:
+    from brivl.cli import CLIError
+
+    from .common import UserError
+    from .demo import run_demo
+
+    try:
+        run_demo(a.model, a.data, a.queries, grid=a.grid, index_dir=a.index)
+    except CLIError as e:  # brivl's one-line input errors are this command's too
+        raise UserError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
@@ -340,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--index", required=True, metavar="INDEX_DIR")
     i.add_argument("--verify", action="store_true")
     i.set_defaults(func=cmd_info)
+    dm = sub.add_parser("demo", help="the main job: retrieval tables, the emoji index and the example "
+                                      "multilingual queries answered from it, with a grid of the hits")
+    dm.add_argument("--model", default=DEFAULT_MODEL)
+    dm.add_argument("--data", default="data/emoji")
+    dm.add_argument("--queries", nargs="*", default=None)
+    dm.add_argument("--index", default=None, help="index folder (default: data/index/<model name>, built if missing)")
+    dm.add_argument("--grid", default="runs/demo/queries.png", help="where the image grid of the hits goes")
+    dm.set_defaults(func=cmd_demo)
     return p
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from brivl.cli import main as main_brivl
 from brivl.data.datamodule import load_view, to_batch
 from brivl.model import create_model
 from conftest import REPO
@@ -354,7 +353,7 @@ def test_ensure_index_reuses_only_for_the_same_weights(emoji_small, models, tmp_
 def test_demo_answers_the_example_queries_from_the_index(emoji_small, models, tmp_path, capsys, caplog):
     args = ["demo", "--model", str(models[0]), "--data", str(emoji_small), "--index", str(tmp_path / "idx"),
             "--grid", str(tmp_path / "grid.png")]
-    assert main_brivl(args) == 0
+    assert main(args) == 0
     out = capsys.readouterr().out
     # open_clip's "initialized randomly" warning is not shown for a model folder whose weights load next
     assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
@@ -365,4 +364,4 @@ def test_demo_answers_the_example_queries_from_the_index(emoji_small, models, tm
     assert len(lines) == len(DEMO_QUERIES) == 12
     for (lang, q), line in zip(DEMO_QUERIES, lines):
         assert line.strip().startswith(f"[{lang}] {q}")
-    assert main_brivl(args) == 0 and "(reused;" in capsys.readouterr().out
+    assert main(args) == 0 and "(reused;" in capsys.readouterr().out
