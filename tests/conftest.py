@@ -21,6 +21,17 @@ def emoji_small(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def emoji3_full(tmp_path_factory) -> Path:
+    """The full three-style build with the family split (what models/brivl-emoji3 was trained and evaluated on)."""
+    from brivl.cli import main
+
+    out = tmp_path_factory.mktemp("emoji3_full") / "data"
+    assert main(["data", "emoji", "--out", str(out), "--styles", "noto", "twemoji", "openmoji", "--split-by",
+                 "family", "--vocab-size", "0"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def emoji_full(tmp_path_factory) -> Path:
     """The full emoji build (every emoji, every language; no tokenizer: the shipped models bring theirs)."""
     from brivl.cli import main
