@@ -8,6 +8,7 @@ multi-style emoji build, alone (``style:openmoji``: every split) or with splits 
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -17,6 +18,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import torch
 
+from .emoji import sample_style
 from .shards import DecodeStats, decode_sample, iter_samples, iter_tar
 
 log = logging.getLogger(__name__)
@@ -73,12 +75,6 @@ def view_styles(manifest: dict, view: str) -> set[str] | None:
         raise ValueError(f"unknown style {bad[0]!r} in view {view!r}: this data has the styles "
                          f"{', '.join(known)} (views: {', '.join(STYLE_PREFIX + st for st in known)})")
     return set(styles)
-
-
-def sample_style(key: str) -> str:
-    """The drawing style of an emoji sample from its key (:func:`brivl.data.emoji.style_key`: ``<id>-<style>``,
-    the bare id for Noto)."""
-    return key.rsplit("-", 1)[1] if "-" in key else "noto"
 
 
 def view_shards(data_dir: str | Path, view: str) -> list[str]:
@@ -430,7 +426,6 @@ class ShardDataModule(pl.LightningDataModule):
         self.image_size, self.mean, self.std = 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         self._progress: dict = {}  # the training stream's position (state_dict)
         self._resume: dict | None = None
-        self._stream: TrainStream | None = None
 
     def configure_preprocess(self, image_size: int, mean, std) -> None:
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
@@ -449,11 +444,11 @@ class ShardDataModule(pl.LightningDataModule):
         fn = _TrainMap(TrainAugment(self.image_size, self.mean, self.std, (hp.scale_min, 1.0), hp.bg_min,
                                     hp.grayscale, hp.jitter, hp.jitter_p, hp.blur, hp.outline),
                        CaptionSampler(langs, hp.name_prob, hp.max_keywords, hp.captions_per_image))
-        self._stream = TrainStream(urls, fn, hp.batch_size, batches_per_worker, hp.shuffle_buffer, hp.seed, styles,
-                                   hp.compose_p)
+        stream = TrainStream(urls, fn, hp.batch_size, batches_per_worker, hp.shuffle_buffer, hp.seed, styles,
+                             hp.compose_p)
         if self._resume is not None:
-            self._stream.resume_from(self._resume)
-        return torch.utils.data.DataLoader(self._stream, batch_size=None, num_workers=hp.num_workers,
+            stream.resume_from(self._resume)
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=hp.num_workers,
                                            persistent_workers=hp.num_workers > 0)
 
     # where the training stream stands, kept in every checkpoint so a resumed run draws the batches that follow
@@ -470,7 +465,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume = state_dict.get("train_stream")
-        self._progress = dict(self._resume or {})
+        self._progress = copy.deepcopy(self._resume or {})  # updated by new batches; the resume point stays as read
 
     def val_dataloader(self):
         return view_loader(self.hparams.data_dir, self.hparams.val_view, self.image_size, self.mean, self.std)

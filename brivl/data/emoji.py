@@ -195,6 +195,11 @@ def style_key(key: str, style: str) -> str:
     return key if style == "noto" else f"{key}-{style}"
 
 
+def sample_style(key: str) -> str:
+    """The drawing style of a sample from its key: the inverse of :func:`style_key`."""
+    return key.rsplit("-", 1)[1] if "-" in key else "noto"
+
+
 def make_renderers(styles: Sequence[str], size: int, font_path: str = FONT_PATH,
                    twemoji_dir: str | os.PathLike = TWEMOJI_DIR) -> dict:
     unknown = [st for st in styles if st not in STYLES]
