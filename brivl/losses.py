@@ -92,6 +92,10 @@ class MomentumQueueLoss(nn.Module):
     towers (B, D), all L2-normalized. Image queries are scored against their text key (positive) and the
     text-key queue (negatives); text queries against their image key and the image-key queue. The
     global batch of keys is then enqueued. Queue slots not yet filled are masked out.
+
+    The logits are divided by ``temperature`` (BriVL's fixed value), or multiplied by ``logit_scale`` when
+    forward is given one: the online model's learnable scale, as in-batch CLIP learns it, so that an
+    in-batch vs queue comparison does not differ in how its temperature is set.
     """
 
     def __init__(self, embed_dim: int, queue_size: int = 4096, temperature: float = 0.07):
@@ -112,12 +116,11 @@ class MomentumQueueLoss(nn.Module):
                 f"(batch per device x devices x nodes); e.g. queue_size={global_batch * max(1, self.queue_size // global_batch)}"
             )
 
-    def _infonce(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
-        pos = (q * k).sum(dim=-1, keepdim=True)  # (B, 1)
-        neg = q @ queue.T  # (B, K)
-        if self.filled < self.queue_size:
-            neg = neg.masked_fill(torch.arange(self.queue_size, device=q.device) >= self.filled, float("-inf"))
-        logits = torch.cat([pos, neg], dim=1) / self.temperature  # (B, 1 + K)
+    def _infonce(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, scale) -> torch.Tensor:
+        logits = torch.cat([(q * k).sum(dim=-1, keepdim=True), q @ queue.T], dim=1) * scale  # (B, 1 + K)
+        if self.filled < self.queue_size:  # mask after scaling: -inf * scale has a NaN gradient
+            empty = torch.arange(1 + self.queue_size, device=q.device) > self.filled
+            logits = logits.masked_fill(empty, float("-inf"))
         return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
     @torch.no_grad()
@@ -131,10 +134,11 @@ class MomentumQueueLoss(nn.Module):
         self.ptr.fill_((p + n) % self.queue_size)
         self.filled.fill_(min(self.queue_size, int(self.filled) + n))
 
-    def forward(self, q_img, q_txt, k_img, k_txt) -> torch.Tensor:
+    def forward(self, q_img, q_txt, k_img, k_txt, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
         k_img, k_txt = k_img.detach(), k_txt.detach()
-        loss_i2t = self._infonce(q_img, k_txt, self.text_queue.clone().detach())
-        loss_t2i = self._infonce(q_txt, k_img, self.image_queue.clone().detach())
+        scale = 1.0 / self.temperature if logit_scale is None else logit_scale
+        loss_i2t = self._infonce(q_img, k_txt, self.text_queue.clone().detach(), scale)
+        loss_t2i = self._infonce(q_txt, k_img, self.image_queue.clone().detach(), scale)
         if self.training:
             self._enqueue(k_img, k_txt)
         return (loss_i2t + loss_t2i) / 2

@@ -1,7 +1,8 @@
 """The LightningModule that trains a :class:`~brivl.model.DualTower` contrastively.
 
 ``loss="clip"``: in-batch symmetric InfoNCE (open_clip's ClipLoss, learnable logit scale).
-``loss="moco"``: BriVL's cross-modal momentum-queue loss (fixed temperature, momentum towers).
+``loss="moco"``: BriVL's cross-modal momentum-queue loss (momentum towers; the temperature fixed at
+``temperature``, or ``temperature: null`` to learn it as the model's logit scale, like in-batch CLIP).
 ``hard_negatives=True`` (with ``loss="clip"``): NegCLIP (Yuksekgonul et al., 2023): the batch's hard negative
 captions (``data.compose_p``: composed two-emoji images, the relation caption with the order swapped) are extra
 columns of the image->text softmax (:class:`~brivl.losses.HardNegativeClipLoss`).
@@ -29,7 +30,7 @@ class DualTowerSystem(pl.LightningModule):
         loss: str = "clip",
         queue_size: int = 4096,
         momentum: float = 0.99,
-        temperature: float = 0.07,
+        temperature: float | None = 0.07,
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.98),
@@ -54,7 +55,7 @@ class DualTowerSystem(pl.LightningModule):
         self.clip_loss = None
         if loss == "moco":
             self.momentum_model = MomentumEncoder(self.model.clip, momentum)
-            self.queue_loss = MomentumQueueLoss(self.model.embed_dim, queue_size, temperature)
+            self.queue_loss = MomentumQueueLoss(self.model.embed_dim, queue_size, temperature or 0.07)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -109,7 +110,9 @@ class DualTowerSystem(pl.LightningModule):
                 self.momentum_model.update(self.model.clip)
                 k_img = self.momentum_model.module.encode_image(images, normalize=True)
                 k_txt = self.momentum_model.module.encode_text(ids, normalize=True)
-            loss = self.queue_loss(q_img, q_txt, k_img, k_txt)
+            learnt = self.hparams.temperature is None  # the model's logit scale, learnt and clamped like CLIP's
+            loss = self.queue_loss(q_img, q_txt, k_img, k_txt, self.model.logit_scale.exp() if learnt else None)
+            self.log("logit_scale", self.model.logit_scale.exp() if learnt else 1 / self.hparams.temperature)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 

@@ -1,6 +1,7 @@
 """Model factory, folder round-trip, clear errors, tokenizer conventions, the momentum-queue loss."""
 import json
 import logging
+import math
 import shutil
 
 import pytest
@@ -164,3 +165,21 @@ def test_momentum_encoder_ema():
     assert not any(p.requires_grad for p in mom.parameters())
     with pytest.raises(ValueError):
         MomentumEncoder(online, 1.0)
+
+
+def test_momentum_queue_loss_learnable_scale():
+    """``logit_scale`` replaces 1 / temperature (the in-batch CLIP way) and receives the gradient."""
+    g = torch.Generator().manual_seed(1)
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    fixed, learnt = MomentumQueueLoss(6, 8, temperature=0.05), MomentumQueueLoss(6, 8, temperature=0.07)
+    first = unit(4, 6), unit(4, 6), unit(4, 6), unit(4, 6)
+    fixed(*first), learnt(*first)  # fill half of both queues with the same keys
+    q_img, q_txt, k_img, k_txt = unit(4, 6), unit(4, 6), unit(4, 6), unit(4, 6)
+    iq, tq = learnt.image_queue.clone(), learnt.text_queue.clone()
+    log_scale = torch.tensor(math.log(1 / 0.05), requires_grad=True)
+    loss = learnt(q_img, q_txt, k_img, k_txt, log_scale.exp())
+    assert loss.item() == pytest.approx(fixed(q_img, q_txt, k_img, k_txt).item(), rel=1e-5)
+    ref = (_ref_infonce(q_img, k_txt, tq, 4, 0.05) + _ref_infonce(q_txt, k_img, iq, 4, 0.05)) / 2
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    loss.backward()
+    assert log_scale.grad is not None and log_scale.grad.abs().item() > 0

@@ -1,0 +1,185 @@
+"""The momentum-queue ablation of issue 15 (BriVL, Huo et al., 2021): one protocol, many arms.
+
+    python scripts/queue_ablation.py run b32-inbatch b32-k4096-m99 --seeds 0 1 2   # fit, export, evaluate
+    python scripts/queue_ablation.py table                                          # README table + curves
+
+Each arm is ``configs/ablation/queue-ARM.yaml`` on top of ``configs/ablation/queue.yaml`` (the shared protocol)
+and the three-style base run. A finished (arm, seed) leaves a small record in ``results/queue/ARM-sSEED.json``
+(committed: the validation curve, the closed and held-out-family retrieval, wall time), so arms run in different
+sittings add up to one table; an arm whose record exists is skipped. Checkpoints stay in ``runs/`` (not committed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results" / "queue"
+DATA = "data/emoji-3"
+BASE = ["configs/brivl-emoji.yaml", "configs/brivl-emoji3.yaml", "configs/ablation/queue.yaml"]
+ARMS = ["b32-inbatch", "b32-k1024-m99", "b32-k1024-m999", "b32-k4096-m99", "b32-k4096-m999",
+        "b256-samples", "b256-steps"]
+
+
+def _py() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def _mean_r1(result: dict, key: str = "R@1", direction: str = "t2i") -> float:
+    langs = result["languages"]
+    return statistics.fmean(m[direction][key] for m in langs.values())
+
+
+def val_curve(metrics_csv: Path) -> list[tuple[int, float]]:
+    """(step, val t2i R@1: the mean over the m9 languages) for every validation row of a CSVLogger file."""
+    return [(int(r["step"]) + 1, float(r["val/t2i_R@1"])) for r in csv.DictReader(open(metrics_csv))
+            if r.get("val/t2i_R@1") not in ("", None)]
+
+
+def _write_json(path: Path, obj) -> None:  # atomic: temp file + rename
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_arm(arm: str, seed: int) -> Path:
+    out = RESULTS / f"{arm}-s{seed}.json"
+    if out.exists():
+        print(f"{out.relative_to(REPO)} exists: skipped")
+        return out
+    cfg = REPO / "configs" / "ablation" / f"queue-{arm}.yaml"
+    if not cfg.exists():
+        raise SystemExit(f"no arm {arm!r} ({cfg.relative_to(REPO)} missing); known: {' '.join(ARMS)}")
+    name = f"queue-{arm}-s{seed}"
+    configs = [a for c in BASE + [str(cfg.relative_to(REPO))] for a in ("--config", c)]
+    fit = [_py(), "-m", "brivl", "fit", *configs, "--seed_everything", str(seed),
+           "--trainer.logger.init_args.name", name]
+    print("===", " ".join(fit[1:]), time.strftime("(%T)"), flush=True)
+    t0 = time.time()
+    subprocess.run(fit, cwd=REPO, check=True)
+    wall = time.time() - t0
+    versions = sorted((REPO / "runs" / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    run = versions[-1]
+    export = REPO / "runs" / "export" / name
+    subprocess.run([_py(), "-m", "brivl", "export", "--ckpt", str(run / "checkpoints" / "last.ckpt"),
+                    "--config", str(run / "config.yaml"), "--out", str(export)], cwd=REPO, check=True)
+    views = {}
+    for view in ("closed", "test"):
+        res = subprocess.run([_py(), "-m", "brivl", "eval", "--model", str(export), "--data", DATA, "--view", view,
+                              "--no-zeroshot", "--json"], cwd=REPO, check=True, capture_output=True, text=True)
+        views[view] = json.loads(res.stdout)
+    import yaml  # the arm's effective settings, as the run wrote them
+
+    conf = yaml.safe_load(open(run / "config.yaml"))
+    record = {
+        "arm": arm, "seed": seed, "run": str(run.relative_to(REPO)),
+        "loss": conf["model"]["loss"], "batch_size": conf["data"]["batch_size"],
+        "queue_size": conf["model"]["queue_size"] if conf["model"]["loss"] == "moco" else None,
+        "momentum": conf["model"]["momentum"] if conf["model"]["loss"] == "moco" else None,
+        "steps": conf["trainer"]["max_steps"], "samples": conf["trainer"]["max_steps"] * conf["data"]["batch_size"],
+        "wall_s": round(wall, 1), "threads": os.environ.get("OMP_NUM_THREADS"),
+        "val_curve": val_curve(run / "metrics.csv"),
+        "views": {v: {"t2i_R@1": _mean_r1(r), "t2i_R@10": _mean_r1(r, "R@10"), "i2t_R@1": _mean_r1(r, "R@1", "i2t"),
+                      "per_language_t2i_R@1": {k: m["t2i"]["R@1"] for k, m in r["languages"].items()},
+                      "n_images": r.get("n_images")} for v, r in views.items()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    _write_json(out, record)
+    print(f"wrote {out.relative_to(REPO)}: closed t2i R@1 {record['views']['closed']['t2i_R@1']:.4f}, "
+          f"test t2i R@10 {record['views']['test']['t2i_R@10']:.4f}", flush=True)
+    return out
+
+
+def load_records() -> dict[str, list[dict]]:
+    by_arm: dict[str, list[dict]] = {}
+    for p in sorted(RESULTS.glob("*-s*.json")):
+        r = json.loads(p.read_text())
+        by_arm.setdefault(r["arm"], []).append(r)
+    return by_arm
+
+
+def _fmt(xs: list[float]) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.3f}"
+    return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+
+
+def table(by_arm: dict[str, list[dict]]) -> str:
+    head = ("| arm | loss | batch | K | m | steps | samples | seeds | closed t2i R@1 | closed t2i R@10 "
+            "| held-out t2i R@1 | held-out t2i R@10 | best val R@1 (step) |")
+    lines = [head, "|" + "---|" * 13]
+    for arm in [a for a in ARMS if a in by_arm] + sorted(set(by_arm) - set(ARMS)):
+        rs = by_arm[arm]
+        r0 = rs[0]
+        col = lambda v, k: _fmt([r["views"][v][k] for r in rs])  # noqa: E731
+        best = [max(r["val_curve"], key=lambda sv: sv[1]) for r in rs if r["val_curve"]]
+        best_s = ", ".join(f"{v:.3f} ({s})" for s, v in best)
+        lines.append(f"| {arm} | {r0['loss']} | {r0['batch_size']} | {r0['queue_size'] or '-'} | "
+                     f"{r0['momentum'] or '-'} | {r0['steps']} | {r0['samples']} | {len(rs)} | "
+                     f"{col('closed', 't2i_R@1')} | {col('closed', 't2i_R@10')} | {col('test', 't2i_R@1')} | "
+                     f"{col('test', 't2i_R@10')} | {best_s} |")
+    n_closed = next(iter(by_arm.values()))[0]["views"]["closed"]["n_images"] if by_arm else None
+    lines.append("")
+    lines.append(f"closed view: every concept in every style ({n_closed} renders); held-out: the test families; "
+                 "R@k mean over the m9 languages; mean ± sd over seeds where there are several")
+    return "\n".join(lines)
+
+
+def plot(by_arm: dict[str, list[dict]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, rs in by_arm.items():
+        for i, r in enumerate(rs):
+            if not r["val_curve"]:
+                continue
+            s, v = zip(*r["val_curve"])
+            x = [step * r["batch_size"] / 32 for step in s]  # samples, in batch-32 steps
+            ax.plot(x, v, label=arm if i == 0 else None, alpha=0.8, color=f"C{ARMS.index(arm) if arm in ARMS else 9}")
+    ax.set_xlabel("samples seen / 32 (= steps at batch 32)")
+    ax.set_ylabel("val t2i R@1 (mean over m9)")
+    ax.set_title("momentum queue vs in-batch InfoNCE (val families, three styles)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("arms", nargs="+", choices=ARMS)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    sub.add_parser("table")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        if not (REPO / DATA / "manifest.json").exists():
+            raise SystemExit(f"{DATA} missing: python -m brivl data emoji --out {DATA} "
+                             "--styles noto twemoji openmoji --split-by family")
+        for seed in args.seeds:
+            for arm in args.arms:
+                run_arm(arm, seed)
+    else:
+        by_arm = load_records()
+        if not by_arm:
+            raise SystemExit(f"no records in {RESULTS.relative_to(REPO)}: run `python scripts/queue_ablation.py run ...`")
+        print(table(by_arm))
+        plot(by_arm, RESULTS / "val_curves.png")
+        print(f"curves: {(RESULTS / 'val_curves.png').relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
