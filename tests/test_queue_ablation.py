@@ -1,0 +1,65 @@
+"""scripts/queue_ablation.py: the records it reads back and the table it prints (issue 15)."""
+import importlib.util
+import json
+import statistics
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("queue_ablation", REPO / "scripts" / "queue_ablation.py")
+qa = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(qa)
+
+
+def test_every_arm_has_a_config_that_differs_only_in_loss_queue_or_batch():
+    protocol = yaml.safe_load(open(REPO / "configs" / "ablation" / "queue.yaml"))
+    assert protocol["model"]["temperature"] is None  # learnt in every arm, so it is not the difference
+    for arm in qa.ARMS:
+        cfg = yaml.safe_load(open(REPO / "configs" / "ablation" / f"queue-{arm}.yaml"))
+        assert set(cfg["model"]) <= {"loss", "queue_size", "momentum"}, arm
+        assert set(cfg.get("data", {})) <= {"batch_size"}, arm
+        assert cfg["trainer"]["logger"]["init_args"]["name"] == f"queue-{arm}"
+        if "steps" in arm or arm.startswith("b32"):
+            assert "max_steps" not in cfg["trainer"]  # the protocol's step count
+    samples = yaml.safe_load(open(REPO / "configs" / "ablation" / "queue-b256-samples.yaml"))
+    assert samples["trainer"]["max_steps"] * 256 == protocol["trainer"]["max_steps"] * protocol["data"]["batch_size"]
+
+
+def test_val_curve_reads_the_validation_rows(tmp_path):
+    p = tmp_path / "metrics.csv"
+    p.write_text("epoch,step,train/loss,val/t2i_R@1,val/t2i_R@1/en\n0,9,4.5,,\n0,249,,0.125,0.1\n1,499,,0.25,0.2\n")
+    assert qa.val_curve(p) == [(250, 0.125), (500, 0.25)]
+
+
+def _record(arm, seed, closed, test, batch=32):
+    views = {v: {"t2i_R@1": r, "t2i_R@10": r + 0.1, "i2t_R@1": r, "per_language_t2i_R@1": {}, "n_images": 10}
+             for v, r in (("closed", closed), ("test", test))}
+    return {"arm": arm, "seed": seed, "loss": "clip", "batch_size": batch, "queue_size": None, "momentum": None,
+            "steps": 3000, "samples": 3000 * batch, "val_curve": [(250, 0.1), (500, 0.3 + seed / 100)],
+            "views": views}
+
+
+def test_table_mean_and_sd_over_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(qa, "RESULTS", tmp_path)
+    for s, (c, t) in enumerate([(0.5, 0.1), (0.6, 0.2), (0.7, 0.3)]):
+        (tmp_path / f"b32-inbatch-s{s}.json").write_text(json.dumps(_record("b32-inbatch", s, c, t)))
+    (tmp_path / "b256-steps-s0.json").write_text(json.dumps(_record("b256-steps", 0, 0.8, 0.4, 256)))
+    by_arm = qa.load_records()
+    assert len(by_arm["b32-inbatch"]) == 3
+    rows = qa.table(by_arm).splitlines()
+    inbatch = next(r for r in rows if r.startswith("| b32-inbatch"))
+    sd = statistics.stdev([0.5, 0.6, 0.7])
+    assert f"0.600 ± {sd:.3f}" in inbatch and "| 3 |" in inbatch
+    assert "0.300 (500), 0.310 (500), 0.320 (500)" in inbatch  # the best val point of each seed
+    big = next(r for r in rows if r.startswith("| b256-steps"))
+    assert "| 0.800 |" in big and "| 768000 |" in big
+    qa.plot(by_arm, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_unknown_arm_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        qa.main(["run", "b64-nonsense"])
+    assert "invalid choice" in capsys.readouterr().err
