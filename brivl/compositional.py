@@ -91,20 +91,21 @@ def compose(a, b, relation: str, size: int, background: tuple[int, int, int, int
     return canvas
 
 
-def relation_sample(a, b, names_a: dict, names_b: dict, langs: list[str], rng: random.Random):
-    """A composed training image of two renders ``a`` and ``b`` (transparent background) and, per language in
-    ``langs`` (picked among those with a template and both names), the relation caption and its hard negative
-    (the same words, the order swapped); ``None`` when no language fits."""
+def relation_sample(a, b, names_a: dict, names_b: dict, langs: list[str], rng: random.Random,
+                    relation: str | None = None):
+    """A composed training image of two renders ``a`` and ``b`` (transparent background), its relation (drawn
+    with ``rng`` unless given) and, per language in ``langs`` (those with a template and both names), the
+    relation caption and its hard negative (the same words, the order swapped); ``None`` when no language fits."""
     ok = [lang for lang in langs if lang in TEMPLATES["above"] and names_a.get(lang) and names_b.get(lang)]
     if not ok:
         return None
-    relation = rng.choice(sorted(TEMPLATES))
+    relation = relation or rng.choice(sorted(TEMPLATES))
     image = compose(a, b, relation, max(a.size[0], b.size[0], 32), background=(0, 0, 0, 0))
     caps = []
     for lang in ok:
         t = TEMPLATES[relation][lang]
         caps.append((t.format(a=names_a[lang], b=names_b[lang]), t.format(a=names_b[lang], b=names_a[lang]), lang))
-    return image, caps
+    return image, caps, relation
 
 
 def _bootstrap(values: torch.Tensor, n: int = 1000, seed: int = 0) -> list[float]:

@@ -1,5 +1,6 @@
 """NegCLIP's fix for the relation kind (issue 15): composed two-emoji training items with an order-swapped hard
 negative, and the loss that scores each image against them too."""
+import itertools
 import math
 
 import pytest
@@ -48,6 +49,30 @@ def test_composed_items_carry_the_swapped_caption(emoji_small):
             assert found, (text, neg, lang)
     plain = next(iter(ShardDataModule(**{**kw, "compose_p": 0.0}).train_dataloader()))
     assert plain["negatives"] == [[None] * 6, [None] * 6]
+
+
+def test_mirrored_composites_are_each_others_hard_negatives(emoji_small):
+    """compose_mirror: each composite is followed, in the same batch, by its mirror (the renders swapped): the
+    mirror's caption is the composite's hard negative and the other way round, in every caption set."""
+    from brivl.data.datamodule import ShardDataModule
+
+    kw = dict(data_dir=str(emoji_small), batch_size=6, num_workers=0, langs=["en", "ja"], captions_per_image=2,
+              shuffle_buffer=10, compose_p=1.0, compose_mirror=True, epoch_samples=12)
+    batch = next(iter(ShardDataModule(**kw).train_dataloader()))
+    again = next(iter(ShardDataModule(**kw).train_dataloader()))
+    assert torch.equal(batch["images"], again["images"])
+    for m in range(2):
+        texts, negs = batch["texts"][m], batch["negatives"][m]
+        for i in range(0, 6, 2):
+            assert texts[i + 1] == negs[i] and negs[i + 1] == texts[i] and texts[i] != texts[i + 1]
+            assert batch["langs"][m][i] == batch["langs"][m][i + 1]
+    for i in range(0, 6, 2):  # the same draw of scale and placement, the two renders swapped: not the same image
+        assert not torch.equal(batch["images"][i], batch["images"][i + 1])
+    # an odd batch: the last slot takes a composite without its mirror, which is dropped, not carried over
+    first, second = list(itertools.islice(iter(ShardDataModule(**{**kw, "batch_size": 5}).train_dataloader()), 2))
+    t, n = first["texts"][0], first["negatives"][0]
+    assert t[1] == n[0] and t[3] == n[2] and t[4] not in (n[3], t[3])
+    assert second["texts"][0][0] != n[4] and second["texts"][0][1] == second["negatives"][0][0]
 
 
 def test_fit_with_hard_negatives_logs_them(emoji_small, tmp_path):

@@ -248,24 +248,34 @@ class _TrainMap:
             return None
         return self.augment(s["image"], rng), caps, [None] * len(caps)
 
-    def compose(self, raw_a: dict, raw_b: dict, rng: random.Random):
+    def compose(self, raw_a: dict, raw_b: dict, rng: random.Random, mirror: bool = False):
         """Two renders side by side or one above the other (:func:`brivl.compositional.relation_sample`), captioned
         with the relation in ``per_image`` languages, each with its order-swapped hard negative; a plain sample when
-        one of the two is corrupt or no language has both names."""
+        one of the two is corrupt or no language has both names. ``mirror``: a list of two items, the composite
+        and its mirror (the two renders swapped, same relation, languages and augmentation draw), so each is the
+        other's hard negative in the batch on both sides, text and image."""
         from ..compositional import relation_sample
 
         a, b = decode_sample(raw_a, self.stats), decode_sample(raw_b, self.stats)
         if a is None or b is None:
             return None if a is None and b is None else self._one(a or b, rng)
         langs = self.captions.langs or sorted(a["meta"].get("names") or {})
-        made = relation_sample(a["image"], b["image"], a["meta"].get("names") or {}, b["meta"].get("names") or {},
-                               langs, rng)
+        names_a, names_b = a["meta"].get("names") or {}, b["meta"].get("names") or {}
+        made = relation_sample(a["image"], b["image"], names_a, names_b, langs, rng)
         if made is None:
             return self._one(a, rng)
-        image, caps = made
+        image, caps, relation = made
         m = self.captions.per_image
-        picked = rng.sample(caps, min(m, len(caps))) + [rng.choice(caps) for _ in range(m - min(m, len(caps)))]
-        return self.augment(image, rng), [(c, lang) for c, _, lang in picked], [neg for _, neg, _ in picked]
+        picked = rng.sample(range(len(caps)), min(m, len(caps)))
+        picked += [rng.randrange(len(caps)) for _ in range(m - len(picked))]
+        state = rng.getstate()
+        item = (self.augment(image, rng), [(caps[i][0], caps[i][2]) for i in picked], [caps[i][1] for i in picked])
+        if not mirror:
+            return item
+        image_ba, caps_ba, _ = relation_sample(b["image"], a["image"], names_b, names_a, langs, rng, relation)
+        rng.setstate(state)  # the same scale and placement: the two images differ only in the order
+        return [item, (self.augment(image_ba, rng), [(caps_ba[i][0], caps_ba[i][2]) for i in picked],
+                       [caps_ba[i][1] for i in picked])]
 
 
 def _collate(samples):
@@ -300,11 +310,13 @@ class TrainStream(torch.utils.data.IterableDataset):
     interleaving of the workers' batches)."""
 
     def __init__(self, urls: list[str], fn: _TrainMap, batch_size: int, batches_per_epoch: int,
-                 shuffle_buffer: int, seed: int, styles: set[str] | None = None, compose_p: float = 0.0):
+                 shuffle_buffer: int, seed: int, styles: set[str] | None = None, compose_p: float = 0.0,
+                 compose_mirror: bool = False):
         super().__init__()
         self.urls, self.fn, self.batch_size, self.batches_per_epoch = urls, fn, batch_size, batches_per_epoch
         self.shuffle_buffer, self.seed, self.styles = max(1, shuffle_buffer), seed, styles
         self.compose_p = compose_p  # the fraction of items that are two renders composed (two stream positions)
+        self.compose_mirror = compose_mirror  # ... each followed by its mirror (the renders swapped)
         self.epoch = -1  # incremented at the start of each epoch's iteration (in a persistent worker's copy)
         self.resume: dict | None = None  # {"epoch": e, "workers": {"rank:worker": [position, batches]}}
 
@@ -347,7 +359,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                 continue
             rng = random.Random(_seed(base, pos))
             if first is not None:
-                item, first = self.fn.compose(first, raw, rng), None
+                item, first = self.fn.compose(first, raw, rng, self.compose_mirror), None
             elif self.compose_p and rng.random() < self.compose_p:
                 first = raw
                 continue
@@ -355,7 +367,10 @@ class TrainStream(torch.utils.data.IterableDataset):
                 item = self.fn(raw, rng)
             if item is None:
                 continue
-            batch.append(item)
+            if isinstance(item, list):  # a composite and its mirror: kept in one batch, so the mirror is dropped
+                batch.extend(item[:self.batch_size - len(batch)])  # when one slot is left (exact resume)
+            else:
+                batch.append(item)
             if len(batch) == self.batch_size:
                 done += 1
                 yield {**_collate(batch), "stream": torch.tensor([rank, worker, self.epoch, pos, done])}
@@ -392,7 +407,9 @@ class ShardDataModule(pl.LightningDataModule):
     ``grayscale``, ``jitter_p`` (strength ``jitter``), ``blur`` and ``outline``, the style changes of
     :class:`TrainAugment` (all off by default). ``compose_p``: the fraction of training items that are two
     renders composed side by side or one above the other, captioned with the relation and carrying the
-    order-swapped caption as a hard negative (NegCLIP; ``DualTowerSystem(hard_negatives=True)`` uses it).
+    order-swapped caption as a hard negative (NegCLIP; ``DualTowerSystem(hard_negatives=True)`` uses it);
+    ``compose_mirror``: each composite comes with its mirror (the two renders swapped) in the same batch, a hard
+    negative image for the caption as well as a hard negative caption for the image.
 
     ``image_size``/``mean``/``std`` are set from the model by the system (``configure_preprocess``).
     """
@@ -417,6 +434,7 @@ class ShardDataModule(pl.LightningDataModule):
         blur: float = 0.0,
         outline: float = 0.0,
         compose_p: float = 0.0,
+        compose_mirror: bool = False,
         shuffle_buffer: int = 2000,
         epoch_samples: int | None = None,
         seed: int = 0,
@@ -445,7 +463,7 @@ class ShardDataModule(pl.LightningDataModule):
                                     hp.grayscale, hp.jitter, hp.jitter_p, hp.blur, hp.outline),
                        CaptionSampler(langs, hp.name_prob, hp.max_keywords, hp.captions_per_image))
         stream = TrainStream(urls, fn, hp.batch_size, batches_per_worker, hp.shuffle_buffer, hp.seed, styles,
-                             hp.compose_p)
+                             hp.compose_p, hp.compose_mirror)
         if self._resume is not None:
             stream.resume_from(self._resume)
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=hp.num_workers,
