@@ -1,6 +1,7 @@
 """The compositional tier (Winoground-style groups on the emoji data), scores checked by hand."""
 import json
 
+import pytest
 import torch
 
 from brivl.compositional import CHANCE, TEMPLATES, attribute_groups, compose, winoground_scores
@@ -58,5 +59,21 @@ def test_cli_reports_every_kind_per_language(emoji_small, models, capsys):
         per = res["kinds"][kind]["languages"]
         assert set(per) == set(M9) and all(v["n"] == 20 for v in per.values())
         assert all(0 <= v["group"] <= min(v["text"], v["image"]) <= 1 for v in per.values())
+    # caption_cos: the mean cosine of each group's two captions, recomputed here caption by caption (the
+    # relation kind: its pairs are drawn with the same seed)
+    import itertools
+    import random
+
+    from brivl.data.datamodule import load_view
+    from brivl.model import create_model
+
+    model = create_model(str(models[0]))
+    samples = load_view(emoji_small, "closed")[0]
+    pairs = random.Random(0).sample(list(itertools.permutations(range(len(samples)), 2)), 20)
+    name = lambda i: samples[i]["meta"]["names"]["en"]  # noqa: E731
+    caps = [TEMPLATES["left of"]["en"].format(a=name(x), b=name(y)) for a, b in pairs for x, y in ((a, b), (b, a))]
+    e = model.embed_texts(caps).view(len(pairs), 2, -1)
+    ref = sum(float(e[g, 0] @ e[g, 1]) for g in range(len(pairs))) / len(pairs)
+    assert res["kinds"]["left of"]["languages"]["en"]["caption_cos"] == pytest.approx(ref, abs=2e-4)
     assert main(["eval", "--model", str(models[0]), "--data", str(emoji_small), "--view", "compositional:test"]) == 0
     assert "Winoground-style groups on test emoji" in capsys.readouterr().out
