@@ -71,16 +71,18 @@ def run_arm(arm: str, seed: int) -> Path:
     export = REPO / "runs" / "export" / name
     subprocess.run([_py(), "-m", "brivl", "export", "--ckpt", str(run / "checkpoints" / "last.ckpt"),
                     "--config", str(run / "config.yaml"), "--out", str(export)], cwd=REPO, check=True)
-    views = {}
-    for view in ("closed", "test"):
-        res = subprocess.run([_py(), "-m", "brivl", "eval", "--model", str(export), "--data", DATA, "--view", view,
-                              "--no-zeroshot", "--json"], cwd=REPO, check=True, capture_output=True, text=True)
-        views[view] = json.loads(res.stdout)
     import yaml  # the arm's effective settings, as the run wrote them
 
     conf = yaml.safe_load(open(run / "config.yaml"))
+    langs = conf["data"]["langs"]  # evaluated in the languages it was trained on
+    views = {}
+    for view in ("closed", "test"):
+        res = subprocess.run([_py(), "-m", "brivl", "eval", "--model", str(export), "--data", DATA, "--view", view,
+                              "--langs", *langs, "--no-zeroshot", "--json"], cwd=REPO, check=True,
+                             capture_output=True, text=True)
+        views[view] = json.loads(res.stdout)
     record = {
-        "arm": arm, "seed": seed, "run": str(run.relative_to(REPO)),
+        "arm": arm, "seed": seed, "run": str(run.relative_to(REPO)), "langs": langs,
         "loss": conf["model"]["loss"], "batch_size": conf["data"]["batch_size"],
         "queue_size": conf["model"]["queue_size"] if conf["model"]["loss"] == "moco" else None,
         "momentum": conf["model"]["momentum"] if conf["model"]["loss"] == "moco" else None,
@@ -128,8 +130,9 @@ def table(by_arm: dict[str, list[dict]]) -> str:
                      f"{col('test', 't2i_R@10')} | {best_s} |")
     n_closed = next(iter(by_arm.values()))[0]["views"]["closed"]["n_images"] if by_arm else None
     lines.append("")
+    langs = " ".join(next(iter(by_arm.values()))[0].get("langs") or []) if by_arm else ""
     lines.append(f"closed view: every concept in every style ({n_closed} renders); held-out: the test families; "
-                 "R@k mean over the m9 languages; mean ± sd over seeds where there are several")
+                 f"t2i R@k mean over the trained languages ({langs}); mean ± sd over seeds where there are several")
     return "\n".join(lines)
 
 
@@ -148,7 +151,7 @@ def plot(by_arm: dict[str, list[dict]], out: Path) -> None:
             x = [step * r["batch_size"] / 32 for step in s]  # samples, in batch-32 steps
             ax.plot(x, v, label=arm if i == 0 else None, alpha=0.8, color=f"C{ARMS.index(arm) if arm in ARMS else 9}")
     ax.set_xlabel("samples seen / 32 (= steps at batch 32)")
-    ax.set_ylabel("val t2i R@1 (mean over m9)")
+    ax.set_ylabel("val t2i R@1")
     ax.set_title("momentum queue vs in-batch InfoNCE (val families, three styles)")
     ax.legend(fontsize=8)
     fig.tight_layout()
