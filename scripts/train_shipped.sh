@@ -17,6 +17,8 @@
 #                  (configs/ablation/heldout-openmoji*.yaml) -> runs/export/heldout-openmoji{,-aug}
 #     negclip      the NegCLIP ablation: 300 more steps of models/brivl-emoji with and without composed items and
 #                  hard negatives (configs/ablation/negclip*.yaml) -> runs/export/negclip{,-control}
+#     negclip-mirror  the same with each composite's mirror in its batch (hard negative images too)
+#                  (configs/ablation/negclip-mirror.yaml) -> runs/export/negclip-mirror
 #     diffusion    one leg of AltDiffusion (configs/altdiffusion-emoji-cpu.yaml, MAX_TIME long), resumed from
 #                  models/altdiffusion-emoji when it holds a resume state -> models/altdiffusion-emoji
 #                  (repeat it: each leg adds to the last; training_state.json counts steps and samples)
@@ -90,6 +92,8 @@ for stage in "$@"; do
         [ -n "$arm" ] && cfgs+=(--config configs/ablation/negclip-control.yaml)
         fit_export brivl brivl "negclip$arm" "runs/export/negclip$arm" "" "${cfgs[@]}" --data.num_workers "$WORKERS"
       done ;;
+    negclip-mirror) fit_export brivl brivl negclip-mirror runs/export/negclip-mirror "" --config configs/brivl-emoji.yaml \
+        --config configs/ablation/negclip.yaml --config configs/ablation/negclip-mirror.yaml --data.num_workers "$WORKERS" ;;
     diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
       # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
       [ -f $state ] && resume=(--model.init_args.init_from models/altdiffusion-emoji \
@@ -97,6 +101,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 distill-all contrastive-all brivl3 heldout negclip diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 distill-all contrastive-all brivl3 heldout negclip negclip-mirror diffusion)" >&2; exit 2 ;;
   esac
 done
