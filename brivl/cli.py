@@ -188,7 +188,10 @@ def load_system_checkpoint(ckpt: str, config: str | None, build=None):
 
 
 def export_model(model, a) -> None:
-    """Write ``model`` to ``a.out`` with the run's config, loss curve and eval.json (:func:`eval_views`)."""
+    """Write ``model`` to ``a.out`` with the run's config, loss curve and eval.json (:func:`eval_views`, and the
+    compositional tier on closed and test)."""
+    from .data.emoji import M9
+
     model.info["name"] = Path(a.out).name
     langs = _langs(a.langs, a.eval_data or DEFAULT_DATA)  # 'all': every covered language of the data
     if langs:
@@ -202,12 +205,18 @@ def export_model(model, a) -> None:
     if a.eval_data:
         extra["eval.json"] = {v: run_eval(model, a.eval_data, v, langs, name=a.out)
                               for v in eval_views(a.eval_data)}
+        if set(langs or M9) & set(M9):  # the compositional tier (its relation templates are m9)
+            for split in ("closed", "test"):
+                extra["eval.json"][compositional_key(split)] = run_compositional(model, a.eval_data, split, langs,
+                                                                                 name=a.out)
     out = model.save_pretrained(a.out, extra)
     print(f"exported {a.ckpt} -> {out}")
     for v, res in extra.get("eval.json", {}).items():
+        from .compositional import format_compositional
         from .evaluate import format_table
 
-        print(format_table(res, f"view: {v}"))
+        print(format_compositional(res, f"view: {v}") if v.startswith("compositional") else
+              format_table(res, f"view: {v}"))
 
 
 def eval_views(data: str) -> list[str]:
@@ -246,23 +255,50 @@ def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "
     return res
 
 
-def cmd_compositional(a) -> None:
-    """Winoground-style groups (attribute binding, relations) on a view's emoji (brivl.compositional)."""
-    from .compositional import evaluate_compositional, format_compositional
+def run_compositional(model, data: str, split: str = "closed", langs: list[str] | None = None,
+                      relations: int = 100, name: str = "") -> dict:
+    """Winoground-style groups (attribute binding, relations) on a split's emoji (brivl.compositional), in the
+    languages that have a relation template (m9) among ``langs`` (default m9)."""
+    from .compositional import TEMPLATES, evaluate_compositional
     from .data.datamodule import load_view
+    from .data.emoji import M9
+
+    samples, _ = load_view(data, split)
+    if not samples:
+        raise CLIError(f"view {split!r} of {data} has no samples")
+    langs = [lang for lang in (langs or M9) if lang in TEMPLATES["above"]]
+    if not langs:
+        raise CLIError(f"no language with a relation template among those asked; the templates are: {' '.join(M9)}")
+    res = evaluate_compositional(model, samples, langs, n_relations=relations)
+    res.update({"model": name, "view": f"compositional ({split})", "data": str(data)})
+    return res
+
+
+def compositional_key(split: str) -> str:
+    """The eval.json key of a compositional row: ``compositional`` (closed) or ``compositional:test``."""
+    return "compositional" if split == "closed" else f"compositional:{split}"
+
+
+def cmd_compositional(a) -> None:
+    """Winoground-style groups on a view's emoji; ``--write`` adds the row to the model folder's eval.json."""
+    from .compositional import format_compositional
     from .model import create_model
 
-    view = a.split if hasattr(a, "split") else "closed"
-    samples, _ = load_view(a.data, view)
-    if not samples:
-        raise CLIError(f"view {view!r} of {a.data} has no samples")
-    langs = _langs(a.langs, a.data) or [lang for lang in ("en", "zh", "es", "fr", "ru", "ar", "ja", "ko", "it")]
-    res = evaluate_compositional(create_model(a.model), samples, langs, n_relations=a.relations)
-    res.update({"model": a.model, "view": f"compositional ({view})", "data": str(a.data)})
+    split = getattr(a, "split", "closed")
+    path = Path(a.model) / "eval.json"
+    if getattr(a, "write", False) and not path.is_file():
+        raise CLIError(f"--write adds to a model folder's eval.json; {path} does not exist "
+                       "(export the model with --eval-data first)")
+    res = run_compositional(create_model(a.model), a.data, split, _langs(a.langs, a.data), a.relations, a.model)
+    if getattr(a, "write", False):
+        from .data.shards import atomic_write_json
+
+        atomic_write_json(path, {**json.loads(path.read_text()), compositional_key(split): res})
+        print(f"wrote {compositional_key(split)!r} into {path}", file=sys.stderr)
     if a.json:
         print(json.dumps(res, ensure_ascii=False))
     else:
-        print(format_compositional(res, f"{a.model}: Winoground-style groups on {view} emoji"))
+        print(format_compositional(res, f"{a.model}: Winoground-style groups on {split} emoji"))
 
 
 def cmd_eval(a) -> None:
@@ -423,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--langs", nargs="+", default=None, help="m9 by default (the relation templates are m9)")
     c.add_argument("--relations", type=int, default=100, help="emoji pairs per relation")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--write", action="store_true", help="add the row to the model folder's eval.json "
+                                                         "(key compositional, or compositional:SPLIT)")
     c.set_defaults(func=cmd_compositional)
     v.set_defaults(func=cmd_eval)
 

@@ -77,3 +77,31 @@ def test_cli_reports_every_kind_per_language(emoji_small, models, capsys):
     assert res["kinds"]["left of"]["languages"]["en"]["caption_cos"] == pytest.approx(ref, abs=2e-4)
     assert main(["eval", "--model", str(models[0]), "--data", str(emoji_small), "--view", "compositional:test"]) == 0
     assert "Winoground-style groups on test emoji" in capsys.readouterr().out
+
+
+def test_export_writes_the_compositional_rows_and_write_adds_them(emoji_small, tmp_path, capsys):
+    """Every exported dual tower's eval.json has a compositional row (closed and test), and `compositional --write`
+    puts the same row into an existing eval.json."""
+    from brivl.cli import main
+    from test_pipeline import _fit
+
+    run = _fit(tmp_path, emoji_small, steps=2)
+    out = tmp_path / "model"
+    assert main(["export", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--config", str(run / "config.yaml"),
+                 "--out", str(out), "--eval-data", str(emoji_small)]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert {"closed", "test", "compositional", "compositional:test"} <= set(ev)
+    for key in ("compositional", "compositional:test"):
+        rel = ev[key]["kinds"]["left of"]
+        assert set(rel["languages"]) == set(M9) and 0 <= rel["mean"]["group"] <= rel["mean"]["text"] <= 1
+    assert ev["compositional"]["view"] == "compositional (closed)" and ev["compositional:test"]["n_samples"] < \
+        ev["compositional"]["n_samples"]
+    kept = ev.pop("compositional")
+    (out / "eval.json").write_text(json.dumps(ev))
+    capsys.readouterr()
+    assert main(["compositional", "--model", str(out), "--data", str(emoji_small), "--write", "--json"]) == 0
+    again = json.loads((out / "eval.json").read_text())["compositional"]
+    assert again["kinds"] == kept["kinds"] and set(json.loads((out / "eval.json").read_text())) >= {"closed", "test"}
+    (out / "eval.json").unlink()
+    assert main(["compositional", "--model", str(out), "--data", str(emoji_small), "--write"]) == 2
+    assert "does not exist" in capsys.readouterr().err
