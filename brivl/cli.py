@@ -290,10 +290,11 @@ def cmd_compositional(a) -> None:
         raise CLIError(f"--write adds to a model folder's eval.json; {path} does not exist "
                        "(export the model with --eval-data first)")
     res = run_compositional(create_model(a.model), a.data, split, _langs(a.langs, a.data), a.relations, a.model)
-    if getattr(a, "write", False):
-        from .data.shards import atomic_write_json
+    if getattr(a, "write", False):  # in the layout the export writes (keys in order, 2-space indent)
+        from .data.shards import atomic_write_bytes
 
-        atomic_write_json(path, {**json.loads(path.read_text()), compositional_key(split): res})
+        ev = {**json.loads(path.read_text()), compositional_key(split): res}
+        atomic_write_bytes(path, json.dumps(ev, indent=2, ensure_ascii=False).encode())
         print(f"wrote {compositional_key(split)!r} into {path}", file=sys.stderr)
     if a.json:
         print(json.dumps(res, ensure_ascii=False))

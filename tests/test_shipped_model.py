@@ -34,6 +34,27 @@ def test_shipped_model_reproduces_eval_json(request, name, view, capsys):
                 assert got["languages"][lang][d][k] == pytest.approx(m[d][k], abs=2e-3), (lang, d, k)
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_has_compositional_rows(name):
+    """Issue 15: every shipped dual tower's eval.json holds the compositional tier, closed and test."""
+    ev = json.loads((REPO / "models" / name / "eval.json").read_text())
+    for key in ("compositional", "compositional:test"):
+        assert {"left of", "above"} <= set(ev[key]["kinds"]), (name, key)
+
+
+def test_shipped_compositional_row_reproduces(emoji_full, capsys):
+    """brivl-emoji's compositional row is what `brivl compositional` computes now (the groups are seeded)."""
+    expected = json.loads((MODEL / "eval.json").read_text())["compositional"]
+    capsys.readouterr()
+    assert main(["compositional", "--model", str(MODEL), "--data", str(emoji_full), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got["kinds"]) == set(expected["kinds"])
+    for kind, r in expected["kinds"].items():
+        for lang, m in r["languages"].items():
+            for k in ("text", "image", "group", "caption_cos", "n"):
+                assert got["kinds"][kind]["languages"][lang][k] == pytest.approx(m[k], abs=2e-3), (kind, lang, k)
+
+
 def _closed_r1():
     res = json.loads((MODEL / "eval.json").read_text())["closed"]["languages"]
     return {lang: m["t2i"]["R@1"] for lang, m in res.items()}
