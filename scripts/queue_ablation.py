@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 RESULTS = REPO / "results" / "queue"
 DATA = "data/emoji-3"
 BASE = ["configs/brivl-emoji.yaml", "configs/brivl-emoji3.yaml", "configs/ablation/queue.yaml"]
@@ -42,12 +43,6 @@ def val_curve(metrics_csv: Path) -> list[tuple[int, float]]:
     """(step, val t2i R@1: the mean over the m9 languages) for every validation row of a CSVLogger file."""
     return [(int(r["step"]) + 1, float(r["val/t2i_R@1"])) for r in csv.DictReader(open(metrics_csv))
             if r.get("val/t2i_R@1") not in ("", None)]
-
-
-def _write_json(path: Path, obj) -> None:  # atomic: temp file + rename
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def run_arm(arm: str, seed: int) -> Path:
@@ -93,8 +88,10 @@ def run_arm(arm: str, seed: int) -> Path:
                       "per_language_t2i_R@1": {k: m["t2i"]["R@1"] for k, m in r["languages"].items()},
                       "n_images": r.get("n_images")} for v, r in views.items()},
     }
+    from brivl.data.shards import atomic_write_json
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _write_json(out, record)
+    atomic_write_json(out, record)
     print(f"wrote {out.relative_to(REPO)}: closed t2i R@1 {record['views']['closed']['t2i_R@1']:.4f}, "
           f"test t2i R@10 {record['views']['test']['t2i_R@10']:.4f}", flush=True)
     return out

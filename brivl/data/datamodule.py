@@ -269,13 +269,16 @@ class _TrainMap:
         picked = rng.sample(range(len(caps)), min(m, len(caps)))
         picked += [rng.randrange(len(caps)) for _ in range(m - len(picked))]
         state = rng.getstate()
-        item = (self.augment(image, rng), [(caps[i][0], caps[i][2]) for i in picked], [caps[i][1] for i in picked])
+
+        def item(img, cs):  # (image tensor, the picked (caption, language) pairs, their hard negatives)
+            return self.augment(img, rng), [(cs[i][0], cs[i][2]) for i in picked], [cs[i][1] for i in picked]
+
+        first = item(image, caps)
         if not mirror:
-            return item
+            return first
         image_ba, caps_ba, _ = relation_sample(b["image"], a["image"], names_b, names_a, langs, rng, relation)
         rng.setstate(state)  # the same scale and placement: the two images differ only in the order
-        return [item, (self.augment(image_ba, rng), [(caps_ba[i][0], caps_ba[i][2]) for i in picked],
-                       [caps_ba[i][1] for i in picked])]
+        return [first, item(image_ba, caps_ba)]
 
 
 def _collate(samples):
