@@ -96,16 +96,26 @@ class MomentumQueueLoss(nn.Module):
     The logits are divided by ``temperature`` (BriVL's fixed value), or multiplied by ``logit_scale`` when
     forward is given one: the online model's learnable scale, as in-batch CLIP learns it, so that an
     in-batch vs queue comparison does not differ in how its temperature is set.
+
+    ``mask_same_concept``: forward also takes ``concepts`` (B,), an integer label per sample (the emoji id),
+    and queue keys of the query's own concept are masked out of its negatives. On a small dataset a queue larger
+    than the number of concepts nearly always holds a key of the query's concept, a *false negative* the loss
+    pushes away (false-negative elimination, as in Huynh et al., 2022, "Boosting Contrastive Self-Supervised
+    Learning with False Negative Cancellation"; here the labels are known, not detected).
     """
 
-    def __init__(self, embed_dim: int, queue_size: int = 4096, temperature: float = 0.07):
+    def __init__(self, embed_dim: int, queue_size: int = 4096, temperature: float = 0.07,
+                 mask_same_concept: bool = False):
         super().__init__()
         if queue_size <= 0:
             raise ValueError(f"queue_size must be > 0, got {queue_size}")
         self.queue_size = queue_size
         self.temperature = temperature
+        self.mask_same_concept = mask_same_concept
         self.register_buffer("image_queue", torch.zeros(queue_size, embed_dim))
         self.register_buffer("text_queue", torch.zeros(queue_size, embed_dim))
+        if mask_same_concept:
+            self.register_buffer("concept_queue", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
 
@@ -116,29 +126,41 @@ class MomentumQueueLoss(nn.Module):
                 f"(batch per device x devices x nodes); e.g. queue_size={global_batch * max(1, self.queue_size // global_batch)}"
             )
 
-    def _infonce(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, scale) -> torch.Tensor:
+    def _infonce(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, scale,
+                 same: torch.Tensor | None = None) -> torch.Tensor:
         logits = torch.cat([(q * k).sum(dim=-1, keepdim=True), q @ queue.T], dim=1) * scale  # (B, 1 + K)
         if self.filled < self.queue_size:  # mask after scaling: -inf * scale has a NaN gradient
             empty = torch.arange(1 + self.queue_size, device=q.device) > self.filled
             logits = logits.masked_fill(empty, float("-inf"))
+        if same is not None:  # (B, K): queue keys of the query's own concept are not negatives
+            logits = logits.masked_fill(F.pad(same, (1, 0)), float("-inf"))
         return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
     @torch.no_grad()
-    def _enqueue(self, k_img: torch.Tensor, k_txt: torch.Tensor) -> None:
+    def _enqueue(self, k_img: torch.Tensor, k_txt: torch.Tensor, concepts: torch.Tensor | None) -> None:
         k_img, k_txt = concat_all_gather(k_img), concat_all_gather(k_txt)
         n = k_img.shape[0]
         self.check_batch(n)
         p = int(self.ptr)
         self.image_queue[p:p + n] = k_img
         self.text_queue[p:p + n] = k_txt
+        if self.mask_same_concept:
+            self.concept_queue[p:p + n] = concat_all_gather(concepts)
         self.ptr.fill_((p + n) % self.queue_size)
         self.filled.fill_(min(self.queue_size, int(self.filled) + n))
 
-    def forward(self, q_img, q_txt, k_img, k_txt, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, q_img, q_txt, k_img, k_txt, logit_scale: torch.Tensor | None = None,
+                concepts: torch.Tensor | None = None) -> torch.Tensor:
         k_img, k_txt = k_img.detach(), k_txt.detach()
         scale = 1.0 / self.temperature if logit_scale is None else logit_scale
-        loss_i2t = self._infonce(q_img, k_txt, self.text_queue.clone().detach(), scale)
-        loss_t2i = self._infonce(q_txt, k_img, self.image_queue.clone().detach(), scale)
+        same = None
+        if self.mask_same_concept:
+            if concepts is None:
+                raise ValueError("mask_same_concept=True needs forward(..., concepts=labels (B,)): the batch's "
+                                 "'concepts' (brivl.data.ShardDataModule gives them)")
+            same = concepts.to(self.concept_queue.device)[:, None] == self.concept_queue[None, :]  # (B, K)
+        loss_i2t = self._infonce(q_img, k_txt, self.text_queue.clone().detach(), scale, same)
+        loss_t2i = self._infonce(q_txt, k_img, self.image_queue.clone().detach(), scale, same)
         if self.training:
-            self._enqueue(k_img, k_txt)
+            self._enqueue(k_img, k_txt, concepts)
         return (loss_i2t + loss_t2i) / 2

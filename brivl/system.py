@@ -2,7 +2,8 @@
 
 ``loss="clip"``: in-batch symmetric InfoNCE (open_clip's ClipLoss, learnable logit scale).
 ``loss="moco"``: BriVL's cross-modal momentum-queue loss (momentum towers; the temperature fixed at
-``temperature``, or ``temperature: null`` to learn it as the model's logit scale, like in-batch CLIP).
+``temperature``, or ``temperature: null`` to learn it as the model's logit scale, like in-batch CLIP;
+``mask_same_concept``: queue keys of the query's own concept are not negatives).
 ``hard_negatives=True`` (with ``loss="clip"``): NegCLIP (Yuksekgonul et al., 2023): the batch's hard negative
 captions (``data.compose_p``: composed two-emoji images, the relation caption with the order swapped) are extra
 columns of the image->text softmax (:class:`~brivl.losses.HardNegativeClipLoss`).
@@ -39,11 +40,14 @@ class DualTowerSystem(pl.LightningModule):
         lock_image: bool = False,
         eval_langs: list[str] = list(M9),
         hard_negatives: bool = False,
+        mask_same_concept: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         if loss not in ("clip", "moco"):
             raise ValueError(f"loss must be 'clip' or 'moco', got {loss!r}")
+        if mask_same_concept and loss != "moco":
+            raise ValueError("mask_same_concept goes with loss='moco' (it masks the momentum queue's keys)")
         if hard_negatives and loss != "clip":
             raise ValueError("hard_negatives goes with loss='clip' (NegCLIP is in-batch InfoNCE + hard negatives)")
         self.model: DualTower = create_model(model, pretrained=pretrained, tokenizer=tokenizer).train()
@@ -55,7 +59,8 @@ class DualTowerSystem(pl.LightningModule):
         self.clip_loss = None
         if loss == "moco":
             self.momentum_model = MomentumEncoder(self.model.clip, momentum)
-            self.queue_loss = MomentumQueueLoss(self.model.embed_dim, queue_size, temperature or 0.07)
+            self.queue_loss = MomentumQueueLoss(self.model.embed_dim, queue_size, temperature or 0.07,
+                                                mask_same_concept)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -111,7 +116,8 @@ class DualTowerSystem(pl.LightningModule):
                 k_img = self.momentum_model.module.encode_image(images, normalize=True)
                 k_txt = self.momentum_model.module.encode_text(ids, normalize=True)
             learnt = self.hparams.temperature is None  # the model's logit scale, learnt and clamped like CLIP's
-            loss = self.queue_loss(q_img, q_txt, k_img, k_txt, self.model.logit_scale.exp() if learnt else None)
+            loss = self.queue_loss(q_img, q_txt, k_img, k_txt, self.model.logit_scale.exp() if learnt else None,
+                                   batch.get("concepts"))
             self.log("logit_scale", self.model.logit_scale.exp() if learnt else 1 / self.hparams.temperature)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss

@@ -72,7 +72,7 @@ def load_pipeline(folder: str, scheduler: str | None = None):
         raise CLIError(f"{folder} is not a pipeline folder (no model_index.json): export one with "
                        "`python -m diffusion export`")
     try:
-        pipe = AltDiffusionPipeline.from_pretrained(folder)
+        pipe = AltDiffusionPipeline.from_pretrained(folder, low_cpu_mem_usage=False)  # skips the "install accelerate" warning
         return set_scheduler(pipe, scheduler) if scheduler else pipe
     except ValueError as e:  # a text tower that does not fit the UNet, an unknown scheduler
         raise CLIError(f"{folder}: {e}") from None
@@ -146,6 +146,11 @@ def cmd_demo(a) -> None:
     a.guidance = picked_guidance(a.model) if a.guidance is None else a.guidance
     if a.steps < 1 or a.per_prompt < 1:
         raise CLIError(f"--steps and --per-prompt must be >= 1 (got {a.steps}, {a.per_prompt})")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()  # the demo prints its own summary; no loading bars
+    transformers.utils.logging.disable_progress_bar()
     pipe = load_pipeline(a.model, "dpm++sde")
     pipe.set_progress_bar_config(disable=True)
     t = time.perf_counter()

@@ -26,7 +26,7 @@ RESULTS = REPO / "results" / "queue"
 DATA = "data/emoji-3"
 BASE = ["configs/brivl-emoji.yaml", "configs/brivl-emoji3.yaml", "configs/ablation/queue.yaml"]
 ARMS = ["b32-inbatch", "b32-k1024-m99", "b32-k1024-m999", "b32-k4096-m99", "b32-k4096-m999",
-        "b256-samples", "b256-steps"]
+        "b32-k4096-m99-fnm", "b256-samples", "b256-steps"]  # fnm: false-negative masking (own concept's keys)
 
 
 def _py() -> str:
@@ -78,7 +78,8 @@ def run_arm(arm: str, seed: int) -> Path:
         views[view] = json.loads(res.stdout)
     record = {
         "arm": arm, "seed": seed, "run": str(run.relative_to(REPO)), "langs": langs,
-        "loss": conf["model"]["loss"], "batch_size": conf["data"]["batch_size"],
+        "loss": conf["model"]["loss"] + ("+fnm" if conf["model"].get("mask_same_concept") else ""),
+        "batch_size": conf["data"]["batch_size"],
         "queue_size": conf["model"]["queue_size"] if conf["model"]["loss"] == "moco" else None,
         "momentum": conf["model"]["momentum"] if conf["model"]["loss"] == "moco" else None,
         "steps": conf["trainer"]["max_steps"], "samples": conf["trainer"]["max_steps"] * conf["data"]["batch_size"],

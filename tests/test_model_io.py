@@ -154,6 +154,36 @@ def test_momentum_queue_loss_matches_reference():
         loss_fn.check_batch(3)
 
 
+def test_momentum_queue_loss_masks_keys_of_the_query_concept():
+    """``mask_same_concept``: a queue key with the query's concept label leaves the softmax (reference: the loss
+    over the kept columns only); labels are enqueued with their keys."""
+    g = torch.Generator().manual_seed(2)
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    loss_fn = MomentumQueueLoss(6, 8, temperature=0.07, mask_same_concept=True)
+    first, c1 = [unit(4, 6) for _ in range(4)], torch.tensor([10, 11, 12, 13])
+    loss_fn(*first, concepts=c1)
+    assert torch.equal(loss_fn.concept_queue, torch.tensor([10, 11, 12, 13, -1, -1, -1, -1]))
+    q_img, q_txt, k_img, k_txt = [unit(4, 6) for _ in range(4)]
+    c2 = torch.tensor([11, 99, 13, 11])  # queries 0 and 3 share concept 11 with queue slot 1; query 2 slot 3
+    iq, tq = loss_fn.image_queue.clone(), loss_fn.text_queue.clone()
+
+    def ref(q, k, queue):
+        out = []
+        for i in range(4):
+            keep = [j for j in range(4) if int(c1[j]) != int(c2[i])]
+            logits = torch.tensor([float(q[i] @ k[i])] + [float(q[i] @ queue[j]) for j in keep]) / 0.07
+            out.append(-(logits[0] - torch.logsumexp(logits, 0)))
+        return torch.stack(out).mean()
+
+    expected = (ref(q_img, k_txt, tq) + ref(q_txt, k_img, iq)) / 2
+    unmasked = (_ref_infonce(q_img, k_txt, tq, 4, 0.07) + _ref_infonce(q_txt, k_img, iq, 4, 0.07)) / 2
+    got = loss_fn(q_img, q_txt, k_img, k_txt, concepts=c2).item()
+    assert got == pytest.approx(expected.item(), rel=1e-6) and abs(got - unmasked.item()) > 1e-3
+    assert torch.equal(loss_fn.concept_queue[4:], c2)
+    with pytest.raises(ValueError, match="needs forward"):
+        loss_fn(q_img, q_txt, k_img, k_txt)
+
+
 def test_momentum_encoder_ema():
     online = torch.nn.Linear(3, 2)
     mom = MomentumEncoder(online, 0.9)

@@ -1,11 +1,14 @@
 """End to end through the CLI: emoji data -> Lightning fit (both losses) -> resume -> export -> eval --json."""
+import csv
 import hashlib
 import io
 import json
+import math
 import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from brivl.cli import main
 from brivl.data.emoji import M9
@@ -93,9 +96,16 @@ def test_missing_debian_packages_name_the_install_command(tmp_path):
         build_emoji_dataset(tmp_path, font_path=str(tmp_path / "none.ttf"))
 
 
-def test_fit_with_momentum_queue(emoji_small, tmp_path):
-    run = _fit(tmp_path, emoji_small, "--model.loss", "moco", "--model.queue_size", "16", "--data.captions_per_image", "1", steps=3, name="moco")
-    assert "train/loss" in (run / "metrics.csv").read_text()
+@pytest.mark.parametrize("mask", ["false", "true"])
+def test_fit_with_momentum_queue(emoji_small, tmp_path, mask):
+    run = _fit(tmp_path, emoji_small, "--model.loss", "moco", "--model.queue_size", "16", "--data.captions_per_image", "1",
+               "--model.mask_same_concept", mask, steps=3, name="moco")
+    losses = [float(r["train/loss"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/loss")]
+    assert losses and all(math.isfinite(x) for x in losses)
+    if mask == "true":  # the queue holds the labels of the keys it holds (every emoji of a batch is one concept)
+        state = torch.load(next((run / "checkpoints").glob("last.ckpt")), weights_only=True, map_location="cpu")
+        labels = state["state_dict"]["queue_loss.concept_queue"]
+        assert (labels >= 0).sum() == 16 and len(set(labels.tolist())) > 1
 
 
 def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path, monkeypatch):

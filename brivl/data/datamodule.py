@@ -246,7 +246,7 @@ class _TrainMap:
         if caps is None:
             self.stats.skip("no caption in the requested languages", s["key"])
             return None
-        return self.augment(s["image"], rng), caps, [None] * len(caps)
+        return self.augment(s["image"], rng), caps, [None] * len(caps), concept_label(s["meta"].get("id") or s["key"])
 
     def compose(self, raw_a: dict, raw_b: dict, rng: random.Random, mirror: bool = False):
         """Two renders side by side or one above the other (:func:`brivl.compositional.relation_sample`), captioned
@@ -270,30 +270,40 @@ class _TrainMap:
         picked += [rng.randrange(len(caps)) for _ in range(m - len(picked))]
         state = rng.getstate()
 
-        def item(img, cs):  # (image tensor, the picked (caption, language) pairs, their hard negatives)
-            return self.augment(img, rng), [(cs[i][0], cs[i][2]) for i in picked], [cs[i][1] for i in picked]
+        id_a, id_b = (x["meta"].get("id") or x["key"] for x in (a, b))
 
-        first = item(image, caps)
+        def item(img, cs, concept):  # (image tensor, the picked (caption, language) pairs, their hard negatives, id)
+            return (self.augment(img, rng), [(cs[i][0], cs[i][2]) for i in picked], [cs[i][1] for i in picked],
+                    concept_label(concept))
+
+        first = item(image, caps, f"{id_a} {relation} {id_b}")
         if not mirror:
             return first
         image_ba, caps_ba, _ = relation_sample(b["image"], a["image"], names_b, names_a, langs, rng, relation)
         rng.setstate(state)  # the same scale and placement: the two images differ only in the order
-        return [first, item(image_ba, caps_ba)]
+        return [first, item(image_ba, caps_ba, f"{id_b} {relation} {id_a}")]
 
 
 def _collate(samples):
     """-> images (B, 3, S, S); texts / langs / negatives: M lists of B (caption set m of every image; the hard
-    negative of an image's caption, or None)."""
-    images, caps, negs = zip(*samples)
+    negative of an image's caption, or None); concepts (B,): :func:`concept_label` of each sample's concept."""
+    images, caps, negs, concepts = zip(*samples)
     m = len(caps[0])
     return {"images": torch.stack(images),
             "texts": [[c[j][0] for c in caps] for j in range(m)],
             "langs": [[c[j][1] for c in caps] for j in range(m)],
-            "negatives": [[n[j] for n in negs] for j in range(m)]}
+            "negatives": [[n[j] for n in negs] for j in range(m)],
+            "concepts": torch.tensor(concepts, dtype=torch.long)}
 
 
-def _seed(*parts: int) -> int:
-    """One 63-bit seed from integers (no ``hash`` of strings: that differs between processes)."""
+def concept_label(concept: str) -> int:
+    """A stable non-negative 63-bit label of a concept (the emoji id, so the three styles of one emoji share it;
+    a composite's "A relation B"): the momentum queue's false-negative mask compares them."""
+    return _seed(concept)
+
+
+def _seed(*parts: int | str) -> int:
+    """One 63-bit seed from integers or strings (not ``hash``: that of a string differs between processes)."""
     import hashlib
 
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
