@@ -14,7 +14,7 @@ Beside it:
 ``python benchmarks/search.py``'s data) and hits ``POST /search/vector`` with random queries.
 
     python benchmarks/serve.py [--index data/index/brivl-emoji] [--workers 2] [--concurrency 1 8 32]
-                               [--seconds 10] [--churn]
+                               [--seconds 10] [--churn] [--vector-index DIR [--vector-only]]
 
 Targets (issue 16): concurrency 1, emoji index: p50 <= 5 ms; concurrency 32: >= 500 requests/s, 0 errors.
 Client and server share the 2 cores: the numbers include the load generator's own CPU.
@@ -226,13 +226,49 @@ def cli_processes(a) -> dict:
     return r
 
 
-def vector_rounds(a) -> list[dict]:
+def vector_rounds(a) -> dict:
+    """HTTP ``POST /search/vector`` at each concurrency over ``--vector-index``, with the same queries through
+    ``index.api.search_vector`` in-process and through ``python -m index search --vector`` processes."""
+    import tempfile
+
     import numpy as np
 
+    from benchmarks.vector_index import queries_path
+    from index.api import load_index, search_vector
+
     info = json.loads((Path(a.vector_index) / "index.json").read_text())
-    rng = np.random.default_rng(0)
-    qs = rng.standard_normal((256, info["dim"])).astype("float32")
-    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    qfile = queries_path(Path(a.vector_index))
+    if qfile.is_file():  # the dataset's own queries (benchmarks/vector_index.py)
+        qs = np.load(qfile)[:256].astype("float32")
+    else:
+        qs = np.random.default_rng(0).standard_normal((256, info["dim"])).astype("float32")
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    what = f"{info['count']} x {info['dim']} {info['factory']}"
+    idx = load_index(a.vector_index)
+    try:
+        search_vector(idx, qs[:2], k=a.k)
+        lat = []
+        for i in range(a.inproc):
+            t = time.perf_counter()
+            search_vector(idx, qs[i % len(qs)][None], k=a.k)
+            lat.append(time.perf_counter() - t)
+    finally:
+        idx.close()
+    inproc = {"p50_ms": 1e3 * statistics.median(lat), "p99_ms": 1e3 * pct(lat, 0.99), "n": len(lat)}
+    print(f"  vector, {what}: Python API in-process (search_vector, n={inproc['n']}): p50 {inproc['p50_ms']:.3f} ms  "
+          f"p99 {inproc['p99_ms']:.3f} ms", flush=True)
+    cli = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(a.cli_runs):
+            q = Path(tmp) / f"q{i}.npy"
+            np.save(q, qs[i % len(qs)][None])
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "index", "search", "--index", a.vector_index, "--vector", str(q),
+                            "-k", str(a.k), "--json"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+            cli.append(time.perf_counter() - t)
+    cli_r = {"p50_ms": 1e3 * statistics.median(cli), "n": len(cli)}
+    print(f"  vector, {what}: `python -m index search --vector` process per query (n={cli_r['n']}): "
+          f"p50 {cli_r['p50_ms']:.0f} ms", flush=True)
     proc, url = start_server(a.vector_index, a.workers, False)
     rows = []
     try:
@@ -246,14 +282,19 @@ def vector_rounds(a) -> list[dict]:
                 await load(url, c, 1.0, 50, a.k, vec_request)
                 r = await load(url, c, a.seconds, a.requests, a.k, vec_request)
                 rows.append(r)
-                print(f"  HTTP vector, {info['count']} x {info['dim']} {info['factory']}, concurrency {c:3d}: "
+                print(f"  HTTP vector, {what}, concurrency {c:3d}: "
                       f"{r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
                       f"errors {r['errors']}", flush=True)
         asyncio.run(run_all())
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return rows
+    c1 = next((r for r in rows if r["concurrency"] == 1), None)
+    if c1:
+        print(f"vector, {what}, concurrency 1: HTTP p50 {c1['p50_ms']:.2f} ms = "
+              f"{c1['p50_ms'] / inproc['p50_ms']:.1f}x the in-process API, "
+              f"{cli_r['p50_ms'] / c1['p50_ms']:.0f}x faster than a CLI process per query", flush=True)
+    return {"index": what, "http": rows, "in_process": inproc, "cli": cli_r}
 
 
 def main() -> None:
@@ -271,9 +312,17 @@ def main() -> None:
     p.add_argument("--inproc", type=int, default=500, help="in-process queries")
     p.add_argument("--cli-runs", type=int, default=5, help="`python -m index search` processes")
     p.add_argument("--vector-index", default=None, help="also load-test POST /search/vector on this index")
+    p.add_argument("--vector-only", action="store_true", help="only the --vector-index rounds (no emoji index)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args()
 
+    if a.vector_only:
+        if not a.vector_index:
+            raise SystemExit("--vector-only needs --vector-index DIR (build one: python benchmarks/vector_index.py)")
+        result = {"vector": vector_rounds(a)}
+        if a.json:
+            Path(a.json).write_text(json.dumps(result, indent=1))
+        return
     if not (Path(a.index) / "index.json").is_file():
         from index.build import ensure_index
 
