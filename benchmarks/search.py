@@ -41,6 +41,7 @@ runs on a warm cache.
 
     python benchmarks/search.py --sizes 100000 1000000          # the reported run (~20 min on 2 cores)
     python benchmarks/search.py --sizes 20000 --no-autofaiss     # a quick check
+    python benchmarks/search.py --sizes 1000000 --runs 3 --no-e2e   # the spread of 3 runs, every index rebuilt
     python benchmarks/search.py --sizes 100000 --no-autofaiss --backend faiss milvus --no-e2e   # FAISS vs Milvus
 
 ``--backend faiss milvus`` adds the Milvus backend's rows (``index.milvus``: HNSW M=32 in an embedded
@@ -448,6 +449,74 @@ def ratios(rows: list[dict], target: float) -> list[str]:
     return out
 
 
+def equal_recall_rows(rows: list[dict]) -> dict[str, dict]:
+    """The side-by-side @=recall row of each system ("ours", "autofaiss", "milvus") in one run's rows."""
+    return {r["name"].split(" ")[0]: r for r in rows if "@=recall" in r["name"]}
+
+
+def spread(runs: list[list[dict]]) -> list[str]:
+    """Across repeated runs (each index rebuilt): the graph each run picked, the @=recall p50 of ours and
+    autofaiss and their ratio per run, then min / median / max of each."""
+    per = [equal_recall_rows(rows) for rows in runs]
+    out = [f"spread over {len(runs)} runs (each index rebuilt; side-by-side p50 at equal recall):"]
+    ratios_ = []
+    for i, by in enumerate(per, 1):
+        ours, af = by.get("ours"), by.get("autofaiss")
+        line = f"  run {i}: ours {ours['name'].split(' ')[1]} p50 {ours['p50_ms']:.3f} ms (R@10 {ours['recall']:.3f})"
+        if af:
+            ratios_.append(af["p50_ms"] / ours["p50_ms"])
+            line += (f", autofaiss p50 {af['p50_ms']:.3f} ms (R@10 {af['recall']:.3f}): "
+                     f"{ratios_[-1]:.2f}x")
+        out.append(line)
+
+    def mmm(xs: list[float], fmt: str) -> str:
+        return f"min {min(xs):{fmt}}, median {statistics.median(xs):{fmt}}, max {max(xs):{fmt}}"
+
+    out.append(f"  ours p50 ms: {mmm([by['ours']['p50_ms'] for by in per], '.3f')}")
+    if ratios_:
+        out.append(f"  autofaiss p50 ms: {mmm([by['autofaiss']['p50_ms'] for by in per], '.3f')}")
+        out.append(f"  autofaiss / ours p50 (> 1: ours faster): {mmm(ratios_, '.2f')}")
+    return out
+
+
+def measure_size(a, xb, xq, xt, k: int, out: Path) -> list[dict]:
+    """Every row of one size: flat, ours (as built, @=recall, insertion order), autofaiss, Milvus; all indexes
+    built afresh, then the side-by-side rounds."""
+    from index import factory as fx
+
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        work = Path(tmp)
+        flat, gt = run_flat(xb, xq, k, max(20, a.single // 3))
+        ours_rows, ours = run_ours(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work,
+                                   a.ef_construction, xt, a.threads)
+        rows = flat + ours_rows
+        sides = {"ours": (ours_rows[-1], ours, lambda q, kk, i=ours: fx.search(i, q, kk))}
+        if fx.hnsw_of(ours) is not None:
+            plain = insertion_order_copy(ours)
+            plain_row = measure(ours_rows[-1]["name"].replace("@=recall", "insertion order"), plain, xq, gt, k,
+                                a.single, True, **{c: ours_rows[-1][c] for c in COPIED})
+            rows.append(plain_row)
+            sides["plain"] = (plain_row, plain, lambda q, kk, i=plain: fx.search(i, q, kk))
+        if not a.no_autofaiss:
+            af_rows, af = run_autofaiss(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work, a.threads,
+                                        Path(a.autofaiss_venv))
+            rows += af_rows
+            if af is not None:
+                sides["autofaiss"] = (af_rows[-1], af, af.search)
+        mv = None
+        if "milvus" in a.backend:
+            mv_rows, mv = run_milvus(xb, xq, gt, k, a.target_recall, a.single, work, a.ef_construction, a.uri,
+                                     xt)
+            rows += mv_rows
+            sides["milvus"] = (mv_rows[-1], mv, lambda q, kk, i=mv: fx.search(i, q, kk))
+        if len(sides) > 1:
+            head_to_head(sides, xq, k, a.single)
+        if mv is not None:
+            mv.close()
+        del sides, ours, mv
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
@@ -467,12 +536,14 @@ def main(argv=None) -> int:
                    help="add 'milvus' for the Milvus backend's rows beside FAISS's (embedded milvus-lite, or --uri)")
     p.add_argument("--uri", default=None, help="a Milvus server for the milvus rows (default: embedded milvus-lite)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end CLI runs")
+    p.add_argument("--runs", type=int, default=1, help="repeat each size this many times, every index rebuilt "
+                                                       "(the graph race included), and print the spread")
     a = p.parse_args(argv)
+    if a.runs < 1:
+        p.error(f"--runs must be >= 1, got {a.runs}")
 
     import faiss
     from faiss.contrib.datasets import SyntheticDataset
-
-    from index import factory as fx
 
     faiss.omp_set_num_threads(a.threads)
     out = Path(a.out)
@@ -485,40 +556,21 @@ def main(argv=None) -> int:
         xb, xq = np.ascontiguousarray(ds.get_database()), np.ascontiguousarray(ds.get_queries())
         xt = np.ascontiguousarray(ds.get_train(1000))  # tuning queries: not in the database, not reported
         del ds
-        with tempfile.TemporaryDirectory(dir=out) as tmp:
-            work = Path(tmp)
-            flat, gt = run_flat(xb, xq, k, max(20, a.single // 3))
-            ours_rows, ours = run_ours(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work,
-                                       a.ef_construction, xt, a.threads)
-            rows = flat + ours_rows
-            sides = {"ours": (ours_rows[-1], ours, lambda q, kk, i=ours: fx.search(i, q, kk))}
-            if fx.hnsw_of(ours) is not None:
-                plain = insertion_order_copy(ours)
-                plain_row = measure(ours_rows[-1]["name"].replace("@=recall", "insertion order"), plain, xq, gt, k,
-                                    a.single, True, **{c: ours_rows[-1][c] for c in COPIED})
-                rows.append(plain_row)
-                sides["plain"] = (plain_row, plain, lambda q, kk, i=plain: fx.search(i, q, kk))
-            if not a.no_autofaiss:
-                af_rows, af = run_autofaiss(xb, xq, gt, k, a.max_memory, a.target_recall, a.single, work, a.threads,
-                                            Path(a.autofaiss_venv))
-                rows += af_rows
-                if af is not None:
-                    sides["autofaiss"] = (af_rows[-1], af, af.search)
-            mv = None
-            if "milvus" in a.backend:
-                mv_rows, mv = run_milvus(xb, xq, gt, k, a.target_recall, a.single, work, a.ef_construction, a.uri,
-                                         xt)
-                rows += mv_rows
-                sides["milvus"] = (mv_rows[-1], mv, lambda q, kk, i=mv: fx.search(i, q, kk))
-            if len(sides) > 1:
-                head_to_head(sides, xq, k, a.single)
-            if mv is not None:
-                mv.close()
-            del sides, ours, mv
+        runs = []
+        for run in range(a.runs):
+            if a.runs > 1:
+                say(f"N={n}: run {run + 1} of {a.runs}, every index rebuilt")
+            runs.append(measure_size(a, xb, xq, xt, k, out))
+        rows = runs[-1]
         del xb
         results["sizes"][n] = rows
-        report.append(table(rows, n))
+        for i, r in enumerate(runs[:-1]):
+            report.append(table(r, n) + f"   (run {i + 1} of {a.runs})")
+        report.append(table(rows, n) + (f"   (run {a.runs} of {a.runs})" if a.runs > 1 else ""))
         report += ratios(rows, a.target_recall)
+        if a.runs > 1:
+            results.setdefault("runs", {})[n] = runs
+            report += spread(runs)
         report.append("")
         print("\n".join(report[-(len(ratios(rows, a.target_recall)) + 2):]), flush=True)
     if a.no_e2e:

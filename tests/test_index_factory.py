@@ -269,3 +269,19 @@ def test_build_tunes_on_given_queries_outside_the_database():
     _, found = index.search(xt, 10)
     recall = fx.recall_at_k(found, truth + 7, 10)
     assert recall == pytest.approx(report["recall"], abs=1e-4) and recall >= 0.9
+
+
+def test_search_benchmark_spread_over_runs():
+    """benchmarks/search.py --runs: per-run ratio autofaiss/ours of the @=recall p50s, then min / median / max."""
+    from benchmarks.search import spread
+
+    def rows(ours, af):
+        return [{"name": "flat (IndexFlatIP)", "p50_ms": 200.0, "recall": 1.0},
+                {"name": "ours HNSW32,SQfp16 (as built)", "p50_ms": 9.0, "recall": 0.97},
+                {"name": "ours HNSW32,SQfp16 @=recall *", "p50_ms": ours, "recall": 0.96},
+                {"name": "autofaiss HNSW32 @=recall *", "p50_ms": af, "recall": 0.957}]
+
+    lines = spread([rows(0.2, 0.25), rows(0.3, 0.24), rows(0.25, 0.25)])
+    assert "run 2: ours HNSW32,SQfp16 p50 0.300 ms" in lines[2] and lines[2].endswith(": 0.80x")
+    assert lines[-1].endswith("min 0.80, median 1.00, max 1.25")
+    assert lines[-3].endswith("min 0.200, median 0.250, max 0.300")
