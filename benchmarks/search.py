@@ -15,7 +15,7 @@ Per N, in one process (so the rows are comparable), with ``faiss.omp_set_num_thr
                 metric_type='ip', nb_cores=--threads, max_index_query_time_ms=10)`` in its own venv
                 (``benchmarks/setup_autofaiss.sh``: it needs numpy<2), as delivered (its efSearch/nprobe)
   ours insertion order  the same index with its rows put back in insertion order (undoing the breadth-first
-                renumbering ``index.factory.reorder_graph`` does at build): what the graph reordering buys
+                renumbering ``index.graph.reorder_graph`` does at build): what the graph reordering buys
   ... @=recall  ours and autofaiss re-tuned on the dataset's queries with the same fine efSearch/nprobe
                 grid: the smallest value reaching --target-recall. This is the like-for-like speed comparison.
                 Rows marked * are timed side by side (``head_to_head``: alternating rounds over the same
@@ -314,13 +314,14 @@ def run_milvus(xb, xq, gt, k, target, n_single, work: Path, ef_construction: int
 
 def insertion_order_copy(index):
     """A copy of our HNSW index with its rows put back in insertion order, undoing the breadth-first
-    renumbering of ``index.factory.reorder_graph`` (the benchmark's ids are 0..N-1 in insertion order):
+    renumbering of ``index.graph.reorder_graph`` (the benchmark's ids are 0..N-1 in insertion order):
     the same graph and results, only the memory layout differs, which is what this row measures."""
     import faiss
-    from index import factory as fx
+
+    from index import graph
 
     plain = faiss.clone_index(index)
-    fx.permute_rows(plain, np.argsort(faiss.vector_to_array(plain.id_map)))  # row r <- the row holding id r
+    graph.permute_rows(plain, np.argsort(faiss.vector_to_array(plain.id_map)))  # row r <- the row holding id r
     return plain
 
 

@@ -2,7 +2,7 @@
 
 Steps: read the shards (``index.embed``'s layout), check ids (unique keys, no hash collision), choose a
 factory (:func:`index.factory.choose_factory`, unless ``--factory``), train on a sample, add with ids,
-renumber a graph's rows in breadth-first order for memory locality (:func:`index.factory.reorder_graph`),
+renumber a graph's rows in breadth-first order for memory locality (:func:`index.graph.reorder_graph`),
 tune ``efSearch``/``nprobe`` on held-out queries (database vectors sampled at random; each query's own
 vector is left out of its neighbours on both sides) until recall@10 against exact inner-product search
 reaches ``--target-recall``, export the text tower to ONNX, and write::
@@ -37,6 +37,7 @@ import numpy as np
 
 from . import factory as fx
 from . import meta
+from .graph import reorder_graph
 from .common import (FAISS_NAME, FORMAT_VERSION, IDS_NAME, INFO_NAME, IVFDATA_NAME, META_NAME, UserError,
                      atomic_save_npy, atomic_write_json, human_bytes, ids_for_keys, now_iso, parse_memory,
                      c_stdout_silenced, read_faiss, replacing, write_folder)
@@ -120,7 +121,7 @@ def build_index(x: np.ndarray, ids: np.ndarray, factory: str, target_recall: flo
     bar.close()
     add_s = time.perf_counter() - t
     t = time.perf_counter()
-    reordered = fx.reorder_graph(index)  # same results, better memory locality (HNSW only)
+    reordered = reorder_graph(index)  # same results, better memory locality (HNSW only)
     reorder_s = time.perf_counter() - t
     if tune_queries is not None:
         xq = np.ascontiguousarray(tune_queries, dtype=np.float32)

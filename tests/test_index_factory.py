@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from index import factory as fx
+from index import graph
 from index.build import build_index
 from index.common import UserError, ids_for_keys, key_to_id, parse_memory
 
@@ -145,7 +146,7 @@ def test_small_batch_fast_path_on_hnsw_equals_the_id_map_search():
 
 
 def _bfs_reference(neighbours, start):
-    """Plain-Python BFS (a deque), the reference for fx.bfs_order: each row's unseen neighbours are queued
+    """Plain-Python BFS (a deque), the reference for graph.bfs_order: each row's unseen neighbours are queued
     in link order; unreached rows restart from the smallest one."""
     from collections import deque
 
@@ -169,7 +170,7 @@ def test_bfs_order_equals_a_plain_bfs():
     for n, w in ((1, 2), (7, 3), (300, 6)):
         nb = rng.integers(-1, n, (n, w)).astype(np.int32)
         nb[n // 2:, :] = np.where(nb[n // 2:] < n // 2, -1, nb[n // 2:])  # the second half never links back
-        got = fx.bfs_order(nb, start=n // 2)
+        got = graph.bfs_order(nb, start=n // 2)
         assert np.array_equal(got, _bfs_reference(nb, n // 2))
         assert np.array_equal(np.sort(got), np.arange(n))
 
@@ -188,12 +189,12 @@ def test_reorder_graph_keeps_every_result_and_id(factory):
     want_d, want_i = index.search(xq, 10)
     want_one = fx.search(index, xq[:1], 10)  # caches the old row -> id table, which reordering must drop
     inner = fx.hnsw_of(index)
-    old_links = fx.graph_neighbours(inner)
+    old_links = graph.graph_neighbours(inner)
     old_entry = inner.hnsw.entry_point
-    assert fx.reorder_graph(index)
-    order = fx.bfs_order(old_links, old_entry)
+    assert graph.reorder_graph(index)
+    order = graph.bfs_order(old_links, old_entry)
     assert inner.hnsw.entry_point == 0
-    new_links = fx.graph_neighbours(inner)
+    new_links = graph.graph_neighbours(inner)
     rename = np.empty(len(order), dtype=np.int64)
     rename[order] = np.arange(len(order))
     assert np.array_equal(new_links, np.where(old_links[order] >= 0, rename[old_links[order]], -1))
@@ -204,7 +205,7 @@ def test_reorder_graph_keeps_every_result_and_id(factory):
     assert np.array_equal(got_one[1], want_one[1]) and np.allclose(got_one[0], want_one[0], atol=1e-6)
     tol = 1e-2 if "SQfp16" in factory else 1e-6
     assert np.allclose(index.reconstruct(int(ids[123])), x[123], atol=tol)  # IDMap2's reverse map rebuilt
-    assert not fx.reorder_graph(fx.make_index("Flat", 8)) and not fx.reorder_graph(faiss.IndexHNSWFlat(8, 8))
+    assert not graph.reorder_graph(fx.make_index("Flat", 8)) and not graph.reorder_graph(faiss.IndexHNSWFlat(8, 8))
 
 
 def test_benchmark_insertion_order_copy_undoes_the_reordering():
@@ -215,13 +216,13 @@ def test_benchmark_insertion_order_copy_undoes_the_reordering():
     index = fx.make_index("HNSW32,SQfp16", x.shape[1])
     fx.train(index, x)
     fx.add(index, x, np.arange(len(x), dtype=np.int64))  # the benchmark's ids: insertion order
-    added_links, added_entry = fx.graph_neighbours(fx.hnsw_of(index)).copy(), fx.hnsw_of(index).hnsw.entry_point
+    added_links, added_entry = graph.graph_neighbours(fx.hnsw_of(index)).copy(), fx.hnsw_of(index).hnsw.entry_point
     fx.set_search_params(index, {"efSearch": 16})
     want = index.search(xq, 10)
-    assert fx.reorder_graph(index)
+    assert graph.reorder_graph(index)
     plain = insertion_order_copy(index)
     assert np.array_equal(faiss.vector_to_array(plain.id_map), np.arange(len(x)))
-    assert np.array_equal(fx.graph_neighbours(fx.hnsw_of(plain)), added_links)
+    assert np.array_equal(graph.graph_neighbours(fx.hnsw_of(plain)), added_links)
     assert fx.hnsw_of(plain).hnsw.entry_point == added_entry
     got = plain.search(xq, 10)
     assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], atol=1e-6)
