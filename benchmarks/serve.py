@@ -195,33 +195,46 @@ def http_rounds(a, url: str, n_items: int) -> list[dict]:
     return rows
 
 
-def in_process(a) -> dict:
-    from index.api import load_index, search_text
+def time_in_process(index_dir: str, search, queries: list, n: int, k: int) -> dict:
+    """p50 / p99 of ``search(idx, queries[i % len], k=k)`` over ``n`` calls on the index loaded once (after
+    a warm-up call that loads the encoder)."""
+    from index.api import load_index
 
-    idx = load_index(a.index)
+    idx = load_index(index_dir)
     try:
-        search_text(idx, QUERIES[:2], k=a.k)  # load the encoder
+        search(idx, queries[0], k=k)
         lat = []
-        for i in range(a.inproc):
+        for i in range(n):
             t = time.perf_counter()
-            search_text(idx, [QUERIES[i % len(QUERIES)]], k=a.k)
+            search(idx, queries[i % len(queries)], k=k)
             lat.append(time.perf_counter() - t)
     finally:
         idx.close()
-    r = {"p50_ms": 1e3 * statistics.median(lat), "p99_ms": 1e3 * pct(lat, 0.99), "n": len(lat)}
+    return {"p50_ms": 1e3 * statistics.median(lat), "p99_ms": 1e3 * pct(lat, 0.99), "n": len(lat)}
+
+
+def time_processes(commands: list[list[str]]) -> dict:
+    """p50 wall time of each command run as a new process (``python -m index search ...``)."""
+    lat = []
+    for cmd in commands:
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        lat.append(time.perf_counter() - t)
+    return {"p50_ms": 1e3 * statistics.median(lat), "n": len(lat)}
+
+
+def in_process(a) -> dict:
+    from index.api import search_text
+
+    r = time_in_process(a.index, search_text, [[q] for q in QUERIES], a.inproc, a.k)
     print(f"  Python API in-process (search_text, one query per call, n={r['n']}): p50 {r['p50_ms']:.2f} ms  "
           f"p99 {r['p99_ms']:.2f} ms", flush=True)
     return r
 
 
 def cli_processes(a) -> dict:
-    lat = []
-    for i in range(a.cli_runs):
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "index", "search", "--index", a.index, QUERIES[i % len(QUERIES)],
-                        "-k", str(a.k), "--json"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-        lat.append(time.perf_counter() - t)
-    r = {"p50_ms": 1e3 * statistics.median(lat), "n": len(lat)}
+    r = time_processes([[sys.executable, "-m", "index", "search", "--index", a.index, QUERIES[i % len(QUERIES)],
+                         "-k", str(a.k), "--json"] for i in range(a.cli_runs)])
     print(f"  `python -m index search` process per query (n={r['n']}): p50 {r['p50_ms']:.0f} ms", flush=True)
     return r
 
@@ -234,7 +247,7 @@ def vector_rounds(a) -> dict:
     import numpy as np
 
     from benchmarks.vector_index import queries_path
-    from index.api import load_index, search_vector
+    from index.api import search_vector
 
     info = json.loads((Path(a.vector_index) / "index.json").read_text())
     qfile = queries_path(Path(a.vector_index))
@@ -244,29 +257,15 @@ def vector_rounds(a) -> dict:
         qs = np.random.default_rng(0).standard_normal((256, info["dim"])).astype("float32")
         qs /= np.linalg.norm(qs, axis=1, keepdims=True)
     what = f"{info['count']} x {info['dim']} {info['factory']}"
-    idx = load_index(a.vector_index)
-    try:
-        search_vector(idx, qs[:2], k=a.k)
-        lat = []
-        for i in range(a.inproc):
-            t = time.perf_counter()
-            search_vector(idx, qs[i % len(qs)][None], k=a.k)
-            lat.append(time.perf_counter() - t)
-    finally:
-        idx.close()
-    inproc = {"p50_ms": 1e3 * statistics.median(lat), "p99_ms": 1e3 * pct(lat, 0.99), "n": len(lat)}
+    inproc = time_in_process(a.vector_index, search_vector, [q[None] for q in qs], a.inproc, a.k)
     print(f"  vector, {what}: Python API in-process (search_vector, n={inproc['n']}): p50 {inproc['p50_ms']:.3f} ms  "
           f"p99 {inproc['p99_ms']:.3f} ms", flush=True)
-    cli = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(a.cli_runs):
-            q = Path(tmp) / f"q{i}.npy"
-            np.save(q, qs[i % len(qs)][None])
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "index", "search", "--index", a.vector_index, "--vector", str(q),
-                            "-k", str(a.k), "--json"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-            cli.append(time.perf_counter() - t)
-    cli_r = {"p50_ms": 1e3 * statistics.median(cli), "n": len(cli)}
+        files = [Path(tmp) / f"q{i}.npy" for i in range(a.cli_runs)]
+        for i, f in enumerate(files):
+            np.save(f, qs[i % len(qs)][None])
+        cli_r = time_processes([[sys.executable, "-m", "index", "search", "--index", a.vector_index, "--vector",
+                                 str(f), "-k", str(a.k), "--json"] for f in files])
     print(f"  vector, {what}: `python -m index search --vector` process per query (n={cli_r['n']}): "
           f"p50 {cli_r['p50_ms']:.0f} ms", flush=True)
     proc, url = start_server(a.vector_index, a.workers, False)
