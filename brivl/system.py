@@ -4,6 +4,7 @@
 ``loss="moco"``: BriVL's cross-modal momentum-queue loss (momentum towers; the temperature fixed at
 ``temperature``, or ``temperature: null`` to learn it as the model's logit scale, like in-batch CLIP;
 ``mask_same_concept``: queue keys of the query's own concept are not negatives).
+``learn_temperature=False`` freezes the model's logit scale at its init (1 / 0.07), in-batch or queue alike.
 ``hard_negatives=True`` (with ``loss="clip"``): NegCLIP (Yuksekgonul et al., 2023): the batch's hard negative
 captions (``data.compose_p``: composed two-emoji images, the relation caption with the order swapped) are extra
 columns of the image->text softmax (:class:`~brivl.losses.HardNegativeClipLoss`).
@@ -41,6 +42,7 @@ class DualTowerSystem(pl.LightningModule):
         eval_langs: list[str] = list(M9),
         hard_negatives: bool = False,
         mask_same_concept: bool = False,
+        learn_temperature: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -54,6 +56,8 @@ class DualTowerSystem(pl.LightningModule):
         if self.model.tokenizer is None:
             raise ValueError(f"model {model!r} needs a tokenizer: set model.tokenizer to a tokenizer folder "
                              "(e.g. data/emoji/tokenizer, built by `python -m brivl data emoji`)")
+        if not learn_temperature:  # the logit scale stays at its init (CLIP's 1 / 0.07; the queue's too when
+            self.model.clip.logit_scale.requires_grad_(False)  # temperature: null)
         if lock_image:  # only the text side learns (LiT; AltCLIP's contrastive stage)
             self.model.lock_image_tower()
         self.clip_loss = None

@@ -26,7 +26,8 @@ RESULTS = REPO / "results" / "queue"
 DATA = "data/emoji-3"
 BASE = ["configs/brivl-emoji.yaml", "configs/brivl-emoji3.yaml", "configs/ablation/queue.yaml"]
 ARMS = ["b32-inbatch", "b32-k1024-m99", "b32-k1024-m999", "b32-k4096-m99", "b32-k4096-m999",
-        "b32-k4096-m99-fnm", "b256-samples", "b256-steps"]  # fnm: false-negative masking (own concept's keys)
+        "b32-k4096-m99-fnm", "b32-inbatch-fixedT", "b32-k4096-m99-fixedT", "b256-samples", "b256-steps"]
+# fnm: false-negative masking (no key of the query's own concept is a negative); fixedT: temperature frozen at 0.07
 
 
 def _py() -> str:
@@ -78,7 +79,8 @@ def run_arm(arm: str, seed: int) -> Path:
         views[view] = json.loads(res.stdout)
     record = {
         "arm": arm, "seed": seed, "run": str(run.relative_to(REPO)), "langs": langs,
-        "loss": conf["model"]["loss"] + ("+fnm" if conf["model"].get("mask_same_concept") else ""),
+        "loss": conf["model"]["loss"] + ("+fnm" if conf["model"].get("mask_same_concept") else "")
+        + ("" if conf["model"].get("learn_temperature", True) else ", T=0.07"),
         "batch_size": conf["data"]["batch_size"],
         "queue_size": conf["model"]["queue_size"] if conf["model"]["loss"] == "moco" else None,
         "momentum": conf["model"]["momentum"] if conf["model"]["loss"] == "moco" else None,

@@ -108,6 +108,16 @@ def test_fit_with_momentum_queue(emoji_small, tmp_path, mask):
         assert (labels >= 0).sum() == 16 and len(set(labels.tolist())) > 1
 
 
+@pytest.mark.parametrize("learn", ["false", "true"])
+def test_fit_with_the_temperature_frozen(emoji_small, tmp_path, learn):
+    """``learn_temperature: false``: the logit scale stays at CLIP's 1 / 0.07 through training (learnt: it moves)."""
+    run = _fit(tmp_path, emoji_small, "--model.learn_temperature", learn, steps=3, name="t")
+    scales = [float(r["logit_scale"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("logit_scale")]
+    assert len(scales) == 3
+    fixed = [s == pytest.approx(1 / 0.07, rel=1e-5) for s in scales]
+    assert all(fixed) if learn == "false" else not fixed[-1]
+
+
 def test_corrupt_samples_are_skipped_in_training(emoji_small, tmp_path, monkeypatch):
     import logging
     import shutil

@@ -18,7 +18,7 @@ def test_every_arm_has_a_config_that_differs_only_in_loss_queue_or_batch():
     assert protocol["model"]["temperature"] is None  # learnt in every arm, so it is not the difference
     for arm in qa.ARMS:
         cfg = yaml.safe_load(open(REPO / "configs" / "ablation" / f"queue-{arm}.yaml"))
-        assert set(cfg["model"]) <= {"loss", "queue_size", "momentum", "mask_same_concept"}, arm
+        assert set(cfg["model"]) <= {"loss", "queue_size", "momentum", "mask_same_concept", "learn_temperature"}, arm
         assert set(cfg.get("data", {})) <= {"batch_size"}, arm
         assert cfg["trainer"]["logger"]["init_args"]["name"] == f"queue-{arm}"
         if "steps" in arm or arm.startswith("b32"):
