@@ -56,8 +56,8 @@ class DualTowerSystem(pl.LightningModule):
         if self.model.tokenizer is None:
             raise ValueError(f"model {model!r} needs a tokenizer: set model.tokenizer to a tokenizer folder "
                              "(e.g. data/emoji/tokenizer, built by `python -m brivl data emoji`)")
-        if not learn_temperature:  # the logit scale stays at its init (CLIP's 1 / 0.07; the queue's too when
-            self.model.clip.logit_scale.requires_grad_(False)  # temperature: null)
+        if not learn_temperature:  # the logit scale stays at its init, 1 / 0.07 (the queue's too: temperature null)
+            self.model.clip.logit_scale.requires_grad_(False)
         if lock_image:  # only the text side learns (LiT; AltCLIP's contrastive stage)
             self.model.lock_image_tower()
         self.clip_loss = None

@@ -72,7 +72,8 @@ def load_pipeline(folder: str, scheduler: str | None = None):
         raise CLIError(f"{folder} is not a pipeline folder (no model_index.json): export one with "
                        "`python -m diffusion export`")
     try:
-        pipe = AltDiffusionPipeline.from_pretrained(folder, low_cpu_mem_usage=False)  # skips the "install accelerate" warning
+        # low_cpu_mem_usage=False: accelerate is not a dependency, and diffusers would warn that it is missing
+        pipe = AltDiffusionPipeline.from_pretrained(folder, low_cpu_mem_usage=False)
         return set_scheduler(pipe, scheduler) if scheduler else pipe
     except ValueError as e:  # a text tower that does not fit the UNet, an unknown scheduler
         raise CLIError(f"{folder}: {e}") from None

@@ -246,7 +246,8 @@ class _TrainMap:
         if caps is None:
             self.stats.skip("no caption in the requested languages", s["key"])
             return None
-        return self.augment(s["image"], rng), caps, [None] * len(caps), concept_label(s["meta"].get("id") or s["key"])
+        concept = concept_label(s["meta"].get("id") or s["key"])
+        return self.augment(s["image"], rng), caps, [None] * len(caps), concept
 
     def compose(self, raw_a: dict, raw_b: dict, rng: random.Random, mirror: bool = False):
         """Two renders side by side or one above the other (:func:`brivl.compositional.relation_sample`), captioned
