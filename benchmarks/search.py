@@ -420,10 +420,15 @@ def table(rows: list[dict], n: int) -> str:
     return "\n".join(lines)
 
 
+def equal_recall_rows(rows: list[dict]) -> dict[str, dict]:
+    """The side-by-side @=recall row of each system ("ours", "autofaiss", "milvus") in one run's rows."""
+    return {r["name"].split(" ")[0]: r for r in rows if "@=recall" in r["name"]}
+
+
 def ratios(rows: list[dict], target: float) -> list[str]:
-    by = {r["name"].split(" ")[0] + (" eq" if "@=recall" in r["name"] else ""): r for r in rows}
+    eq = equal_recall_rows(rows)
     out = []
-    ours, af, mv = by.get("ours eq"), by.get("autofaiss eq"), by.get("milvus eq")
+    ours, af, mv = eq.get("ours"), eq.get("autofaiss"), eq.get("milvus")
     flats = [r for r in rows if r["name"].startswith("flat")]
     flat = min(flats, key=lambda r: r["p50_ms"]) if flats else None
     if flat and ours:
@@ -448,11 +453,6 @@ def ratios(rows: list[dict], target: float) -> list[str]:
                    f"{ours['p99_ms']:.3f} vs {mv['p99_ms']:.3f} ms, QPS {ours['qps'] / mv['qps']:.1f}x, recall "
                    f"{ours['recall']:.3f} vs {mv['recall']:.3f}, build {ours['build_s']:.0f} vs {mv['build_s']:.0f} s")
     return out
-
-
-def equal_recall_rows(rows: list[dict]) -> dict[str, dict]:
-    """The side-by-side @=recall row of each system ("ours", "autofaiss", "milvus") in one run's rows."""
-    return {r["name"].split(" ")[0]: r for r in rows if "@=recall" in r["name"]}
 
 
 def spread(runs: list[list[dict]]) -> list[str]:

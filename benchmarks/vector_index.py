@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "vector-1m"))
     p.add_argument("--max-memory", default="4G")
     a = p.parse_args(argv)
+    if a.n < 1:
+        p.error(f"--n must be >= 1, got {a.n}")
     from faiss.contrib.datasets import SyntheticDataset
 
     from index.build import run_build
