@@ -26,8 +26,10 @@ RESULTS = REPO / "results" / "queue"
 DATA = "data/emoji-3"
 BASE = ["configs/brivl-emoji.yaml", "configs/brivl-emoji3.yaml", "configs/ablation/queue.yaml"]
 ARMS = ["b32-inbatch", "b32-k1024-m99", "b32-k1024-m999", "b32-k4096-m99", "b32-k4096-m999",
-        "b32-k4096-m99-fnm", "b32-inbatch-fixedT", "b32-k4096-m99-fixedT", "b256-samples", "b256-steps"]
-# fnm: false-negative masking (no key of the query's own concept is a negative); fixedT: temperature frozen at 0.07
+        "b32-k4096-m99-fnm", "b32-inbatch-fixedT", "b32-k4096-m99-fixedT", "b32-k1024-m90", "b32-k256-m99",
+        "b256-samples", "b256-steps"]
+# fnm: false-negative masking (no key of the query's own concept is a negative); fixedT: temperature frozen at 0.07;
+# k1024-m90 and k256-m99: fresher keys than k1024-m99 (the staleness check)
 
 
 def _py() -> str:
@@ -149,7 +151,8 @@ def plot(by_arm: dict[str, list[dict]], out: Path) -> None:
                 continue
             s, v = zip(*r["val_curve"])
             x = [step * r["batch_size"] / 32 for step in s]  # samples, in batch-32 steps
-            ax.plot(x, v, label=arm if i == 0 else None, alpha=0.8, color=f"C{ARMS.index(arm) if arm in ARMS else 9}")
+            colour = plt.cm.tab20(ARMS.index(arm) if arm in ARMS else 19)  # 20 distinct colours, one per arm
+            ax.plot(x, v, label=arm if i == 0 else None, alpha=0.8, color=colour)
     ax.set_xlabel("samples seen / 32 (= steps at batch 32)")
     ax.set_ylabel("val t2i R@1")
     ax.set_title("momentum queue vs in-batch InfoNCE (val families, three styles)")
