@@ -74,6 +74,34 @@ def test_v_prediction_with_min_snr_weights_written_out():
         tiny_system(prediction_type="sample")
 
 
+def test_conditioning_noise_perturbs_captioned_rows_by_a_relative_norm():
+    """perturb_condition moves every token state by exactly xi ||h|| in a random direction; the training loss
+    with cond_noise uses those states for captioned rows and the exact ones for the empty prompt."""
+    h = torch.randn(4, 5, 16) * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1)
+    moved = ds.perturb_condition(h, 0.3, torch.Generator().manual_seed(0))
+    assert torch.allclose((moved - h).norm(dim=-1), 0.3 * h.norm(dim=-1), rtol=1e-5)
+    d = (moved - h).flatten(0, 1)
+    cos = torch.nn.functional.cosine_similarity(d[:, None], d[None], dim=-1)
+    assert cos.fill_diagonal_(0).abs().mean() < 0.35  # 20 directions, not one
+    sys_ = tiny_system()
+    x0, eps, t, xt, abar, states, mask = loss_case(sys_, 16, [0, 40, 99])
+    torch.manual_seed(1)
+    got = sys_.denoising_loss(sys_.unet, x0, TEXTS, eps, t, cond_noise=0.5)
+    states = states[:, : mask.sum(1).max()]  # encode_texts trims the all-padding columns
+    mask = mask[:, : states.shape[1]]
+    torch.manual_seed(1)
+    noisy = ds.perturb_condition(states, 0.5)
+    noisy[2] = states[2]  # TEXTS[2] is the empty prompt
+    pred = sys_.unet(xt, t, encoder_hidden_states=noisy, encoder_attention_mask=mask).sample
+    assert got.item() == pytest.approx(((pred - eps) ** 2).mean().item(), rel=1e-5)
+    clean = sys_.denoising_loss(sys_.unet, x0, TEXTS, eps, t)
+    assert got.item() != pytest.approx(clean.item(), rel=1e-4)
+    assert sys_.denoising_loss(sys_.unet, x0, ["", "", ""], eps, t, cond_noise=0.5).item() == pytest.approx(
+        sys_.denoising_loss(sys_.unet, x0, ["", "", ""], eps, t).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="cond_noise"):
+        tiny_system(cond_noise=-0.1)
+
+
 def test_ema_update_and_decay_warm_up():
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     want = [0.75 * pa.detach() + 0.25 * pb.detach() for pa, pb in zip(a.parameters(), b.parameters())]
