@@ -15,6 +15,7 @@
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
 #     heldout      the held-out style ablation: noto+twemoji only, without and with style augmentations
 #                  (configs/ablation/heldout-openmoji*.yaml) -> runs/export/heldout-openmoji{,-aug}
+#     heldout-aug  its second arm alone (with style augmentations)
 #     negclip      the NegCLIP ablation: 300 more steps of models/brivl-emoji with and without composed items and
 #                  hard negatives (configs/ablation/negclip*.yaml) -> runs/export/negclip{,-control}
 #     negclip-mirror  the same with each composite's mirror in its batch (hard negative images too)
@@ -81,7 +82,8 @@ for stage in "$@"; do
         --styles noto twemoji openmoji --split-by family
       EVAL_DATA=data/emoji-3 fit_export brivl brivl brivl-emoji3 models/brivl-emoji3 "" --config configs/brivl-emoji.yaml \
         --config configs/brivl-emoji3.yaml --data.num_workers "$WORKERS" ;;
-    heldout) for arm in "" -aug; do
+    heldout|heldout-aug) arms=("" -aug); [ "$stage" = heldout-aug ] && arms=(-aug)
+      for arm in "${arms[@]}"; do
         cfgs=(--config configs/brivl-emoji.yaml --config configs/ablation/heldout-openmoji.yaml)
         [ -n "$arm" ] && cfgs+=(--config configs/ablation/heldout-openmoji-aug.yaml)
         EVAL_DATA=data/emoji-3 fit_export brivl brivl "heldout-openmoji$arm" "runs/export/heldout-openmoji$arm" "" \
@@ -101,6 +103,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 distill-all contrastive-all brivl3 heldout negclip negclip-mirror diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 distill-all contrastive-all brivl3 heldout heldout-aug negclip negclip-mirror diffusion)" >&2; exit 2 ;;
   esac
 done
