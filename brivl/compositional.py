@@ -161,21 +161,24 @@ def evaluate_compositional(model, samples: list[dict], langs=M9, n_relations: in
             per_lang[lang] = {k: round(v.float().mean().item(), 4) for k, v in sc.items()}
             # how alike the tower embeds the group's two captions (1.0: it cannot tell them apart at all)
             per_lang[lang]["caption_cos"] = round((t[:, 0] * t[:, 1]).sum(-1).mean().item(), 4)
+            # and its two images (1.0: the image tower cannot tell A|B from B|A, so no caption can help)
+            per_lang[lang]["image_cos"] = round((im[:, 0] * im[:, 1]).sum(-1).mean().item(), 6)
             per_lang[lang]["n"] = len(keep)
             per_lang[lang]["group_ci95"] = _bootstrap(sc["group"])
         if per_lang:
-            mean_ = {k: round(sum(v[k] for v in per_lang.values()) / len(per_lang), 4)
-                     for k in (*CHANCE, "caption_cos")}
+            mean_ = {k: round(sum(v[k] for v in per_lang.values()) / len(per_lang), 6 if k == "image_cos" else 4)
+                     for k in (*CHANCE, "caption_cos", "image_cos")}
             out["kinds"][kind] = {"languages": per_lang, "mean": mean_}
     return out
 
 
 def format_compositional(res: dict, title: str) -> str:
-    lines = [title, f"{'kind':<11} {'n':>4}  {'text':>6} {'image':>6} {'group':>6}  {'cap cos':>7}   (mean over "
-                    f"languages; chance 0.25 / 0.25 / 0.167; cap cos: cosine of a group's two captions)"]
+    lines = [title, f"{'kind':<11} {'n':>4}  {'text':>6} {'image':>6} {'group':>6}  {'cap cos':>7} {'img cos':>7}   "
+                    f"(mean over languages; chance 0.25 / 0.25 / 0.167; cap / img cos: cosine of a group's two "
+                    f"captions / two images)"]
     for kind, r in res["kinds"].items():
         n = max(v["n"] for v in r["languages"].values())
         m = r["mean"]
         lines.append(f"{kind:<11} {n:>4}  {m['text']:>6.3f} {m['image']:>6.3f} {m['group']:>6.3f}  "
-                     f"{m['caption_cos']:>7.3f}")
+                     f"{m['caption_cos']:>7.3f} {m.get('image_cos', float('nan')):>7.3f}")
     return "\n".join(lines)

@@ -75,6 +75,18 @@ def test_cli_reports_every_kind_per_language(emoji_small, models, capsys):
     e = model.embed_texts(caps).view(len(pairs), 2, -1)
     ref = sum(float(e[g, 0] @ e[g, 1]) for g in range(len(pairs))) / len(pairs)
     assert res["kinds"]["left of"]["languages"]["en"]["caption_cos"] == pytest.approx(ref, abs=2e-4)
+    # image_cos: the same for the group's two composed images, A|B and B|A, embedded one by one
+    from brivl.compositional import compose
+    from brivl.data.datamodule import to_batch
+
+    size, (mean, std) = model.image_size, model.image_mean_std
+    cos = []
+    for a, b in pairs:
+        ims = [compose(samples[x]["image"], samples[y]["image"], "left of", max(size, 64)) for x, y in ((a, b), (b, a))]
+        e = model.embed_images(to_batch([{"image": im} for im in ims], size, mean, std))
+        cos.append(float(e[0] @ e[1]))
+    got = res["kinds"]["left of"]["languages"]["en"]["image_cos"]
+    assert got == pytest.approx(sum(cos) / len(cos), abs=2e-6) and got < 1  # the two orders differ, if barely
     assert main(["eval", "--model", str(models[0]), "--data", str(emoji_small), "--view", "compositional:test"]) == 0
     assert "Winoground-style groups on test emoji" in capsys.readouterr().out
 
