@@ -52,6 +52,29 @@ class HardNegativeClipLoss(nn.Module):
         return (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
 
 
+class SwapSeparationLoss(nn.Module):
+    """A hinge on the cosine of each embedding and its order-swapped twin: ``mean relu(cos(x, x_swap) - margin)``.
+
+    forward(x, x_swap): (P, D) L2-normalized rows, pair by pair ("A left of B" and "B left of A", or the composed
+    images A|B and B|A). In-batch InfoNCE with the swapped twins as hard negatives (NegCLIP) sits at a saddle when
+    both towers are order-blind: the gradient that separates the two images is proportional to how far apart the
+    two captions are, and the other way round, so neither moves. This term moves each tower on its own. A
+    margin-ranking term with hard negatives, in the spirit of VSE++ (Faghri et al., 2018), applied within one
+    modality. No pairs: 0.
+    """
+
+    def __init__(self, margin: float):
+        super().__init__()
+        if not -1.0 <= margin < 1.0:
+            raise ValueError(f"margin must be in [-1, 1) (a cosine), got {margin}")
+        self.margin = margin
+
+    def forward(self, x: torch.Tensor, x_swap: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return x.new_zeros(())
+        return F.relu((x * x_swap).sum(dim=-1) - self.margin).mean()
+
+
 @torch.no_grad()
 def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
     """Gather a tensor from every rank (no gradient): keys to enqueue."""

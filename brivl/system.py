@@ -7,7 +7,9 @@
 ``learn_temperature=False`` freezes the model's logit scale at its init (1 / 0.07), in-batch or queue alike.
 ``hard_negatives=True`` (with ``loss="clip"``): NegCLIP (Yuksekgonul et al., 2023): the batch's hard negative
 captions (``data.compose_p``: composed two-emoji images, the relation caption with the order swapped) are extra
-columns of the image->text softmax (:class:`~brivl.losses.HardNegativeClipLoss`).
+columns of the image->text softmax (:class:`~brivl.losses.HardNegativeClipLoss`). ``swap_margin`` adds
+:class:`~brivl.losses.SwapSeparationLoss` on each caption and its swapped negative and, with
+``data.compose_mirror``, on each composed image and its mirror: both towers are asked to tell the orders apart.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 from .data.emoji import M9
 from .data.languages import resolve_for_datamodule
 from .evaluate import evaluate_model, mean_over_languages
-from .losses import HardNegativeClipLoss, MomentumEncoder, MomentumQueueLoss, make_clip_loss
+from .losses import HardNegativeClipLoss, MomentumEncoder, MomentumQueueLoss, SwapSeparationLoss, make_clip_loss
 from .model import ConfigMismatchError, DualTower, create_model
 
 
@@ -43,6 +45,7 @@ class DualTowerSystem(pl.LightningModule):
         hard_negatives: bool = False,
         mask_same_concept: bool = False,
         learn_temperature: bool = True,
+        swap_margin: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -52,6 +55,9 @@ class DualTowerSystem(pl.LightningModule):
             raise ValueError("mask_same_concept goes with loss='moco' (it masks the momentum queue's keys)")
         if hard_negatives and loss != "clip":
             raise ValueError("hard_negatives goes with loss='clip' (NegCLIP is in-batch InfoNCE + hard negatives)")
+        if swap_margin is not None and not hard_negatives:
+            raise ValueError("swap_margin needs hard_negatives: true (it separates a caption from its swapped negative)")
+        self.swap_loss = SwapSeparationLoss(swap_margin) if swap_margin is not None else None
         self.model: DualTower = create_model(model, pretrained=pretrained, tokenizer=tokenizer).train()
         if self.model.tokenizer is None:
             raise ValueError(f"model {model!r} needs a tokenizer: set model.tokenizer to a tokenizer folder "
@@ -108,6 +114,8 @@ class DualTowerSystem(pl.LightningModule):
                 loss = sum(self.clip_loss(img, txt[m], neg[starts[m]:starts[m + 1]], scale)
                            for m in range(n_sets)) / n_sets
                 self.log("train/hard_negatives", float(len(flat)), batch_size=bsz)
+                if self.swap_loss is not None:
+                    loss = loss + self.swap_separation(img, txt, neg, batch)
             else:
                 loss = sum(self.clip_loss(img, txt[m], scale) for m in range(n_sets)) / n_sets
             self.log("logit_scale", scale, prog_bar=False)
@@ -125,6 +133,18 @@ class DualTowerSystem(pl.LightningModule):
             self.log("logit_scale", self.model.logit_scale.exp() if learnt else 1 / self.hparams.temperature)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
+
+    def swap_separation(self, img, txt, neg, batch) -> torch.Tensor:
+        """The swap-separation term: captions vs their swapped negatives (every caption set), composed images vs
+        their mirrors (``batch["mirror_pairs"]``, (P, 2) rows)."""
+        rows = [[b for b, n in enumerate(ns) if n] for ns in batch.get("negatives") or [[]] * len(txt)]
+        cap = torch.cat([txt[m][rows[m]] for m in range(len(rows))])  # (N, D): the rows of ``neg``, in its order
+        text_term = self.swap_loss(cap, neg)
+        pairs = batch.get("mirror_pairs")
+        pairs = pairs if pairs is not None else torch.zeros(0, 2, dtype=torch.long)
+        image_term = self.swap_loss(img[pairs[:, 0]], img[pairs[:, 1]])
+        self.log_dict({"train/swap_text": text_term, "train/swap_image": image_term}, batch_size=len(img))
+        return text_term + image_term
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         with torch.no_grad():  # CLIP's clamp of the learnable temperature (logit scale <= 100)

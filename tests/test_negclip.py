@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from brivl.compositional import TEMPLATES
-from brivl.losses import HardNegativeClipLoss
+from brivl.losses import HardNegativeClipLoss, SwapSeparationLoss
 
 
 def test_hard_negative_loss_against_a_written_out_reference():
@@ -28,6 +28,18 @@ def test_hard_negative_loss_against_a_written_out_reference():
     none = HardNegativeClipLoss()(img, txt, img.new_zeros(0, 8), scale)
     assert float(none) == pytest.approx(float(ClipLoss()(img, txt, scale)), rel=1e-6)
     assert float(HardNegativeClipLoss()(img, txt, txt[:1], scale)) > float(none)
+
+
+def test_swap_separation_loss_against_a_written_out_reference():
+    g = torch.Generator().manual_seed(1)
+    x, y = (F.normalize(torch.randn(6, 8, generator=g), dim=-1) for _ in range(2))
+    y[0] = x[0]  # a pair the towers cannot tell apart: cosine 1
+    want = sum(max(0.0, float(x[i] @ y[i]) - 0.2) for i in range(6)) / 6
+    assert float(SwapSeparationLoss(0.2)(x, y)) == pytest.approx(want, rel=1e-6)
+    assert float(SwapSeparationLoss(0.2)(x[:0], y[:0])) == 0.0
+    assert float(SwapSeparationLoss(0.99)(x[1:], -x[1:])) == 0.0  # already apart: no gradient
+    with pytest.raises(ValueError, match="margin"):
+        SwapSeparationLoss(1.0)
 
 
 def test_composed_items_carry_the_swapped_caption(emoji_small):
@@ -68,20 +80,52 @@ def test_mirrored_composites_are_each_others_hard_negatives(emoji_small):
             assert batch["langs"][m][i] == batch["langs"][m][i + 1]
     for i in range(0, 6, 2):  # the same draw of scale and placement, the two renders swapped: not the same image
         assert not torch.equal(batch["images"][i], batch["images"][i + 1])
+    assert batch["mirror_pairs"].tolist() == [[0, 1], [2, 3], [4, 5]]
     # an odd batch: the last slot takes a composite without its mirror, which is dropped, not carried over
     first, second = list(itertools.islice(iter(ShardDataModule(**{**kw, "batch_size": 5}).train_dataloader()), 2))
     t, n = first["texts"][0], first["negatives"][0]
     assert t[1] == n[0] and t[3] == n[2] and t[4] not in (n[3], t[3])
+    assert first["mirror_pairs"].tolist() == [[0, 1], [2, 3]]  # row 4 lost its mirror: no pair
     assert second["texts"][0][0] != n[4] and second["texts"][0][1] == second["negatives"][0][0]
+
+
+def test_swap_separation_term_pairs_the_right_rows(emoji_small):
+    """DualTowerSystem.swap_separation: each caption with its own swapped negative, each composite with its mirror,
+    recomputed here pair by pair from the same embeddings."""
+    from brivl.data.datamodule import ShardDataModule
+    from brivl.system import DualTowerSystem
+
+    kw = dict(data_dir=str(emoji_small), batch_size=6, num_workers=0, langs=["en", "ja"], captions_per_image=2,
+              shuffle_buffer=10, compose_p=0.5, compose_mirror=True, epoch_samples=12)
+    sys_ = DualTowerSystem(model="brivl-nano", tokenizer=str(emoji_small / "tokenizer"), hard_negatives=True,
+                           swap_margin=0.0)
+    sys_.log_dict = lambda *a, **k: None  # outside a Trainer
+    m = sys_.model
+    dm = ShardDataModule(**kw)
+    dm.configure_preprocess(m.image_size, *m.image_mean_std)
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch["mirror_pairs"]) >= 1
+    with torch.no_grad():
+        img = m.encode_image(batch["images"])
+        txt = torch.stack([m.encode_text(m.tokenize(ts)) for ts in batch["texts"]])  # (M, B, D)
+        flat = [n for ns in batch["negatives"] for n in ns if n]
+        neg = m.encode_text(m.tokenize(flat))
+        got = float(sys_.swap_separation(img, txt, neg, batch))
+    text_terms = [max(0.0, float(txt[k][b] @ m.encode_text(m.tokenize([n]))[0]))
+                  for k, ns in enumerate(batch["negatives"]) for b, n in enumerate(ns) if n]
+    image_terms = [max(0.0, float(img[i] @ img[j])) for i, j in batch["mirror_pairs"].tolist()]
+    assert got == pytest.approx(sum(text_terms) / len(text_terms) + sum(image_terms) / len(image_terms), rel=1e-4)
+    with pytest.raises(ValueError, match="swap_margin needs hard_negatives"):
+        DualTowerSystem(model="brivl-nano", tokenizer=str(emoji_small / "tokenizer"), swap_margin=0.5)
 
 
 def test_fit_with_hard_negatives_logs_them(emoji_small, tmp_path):
     from test_pipeline import _fit
 
-    run = _fit(tmp_path, emoji_small, "--model.hard_negatives", "true", "--data.compose_p", "0.5", steps=3,
-               name="negclip")
+    run = _fit(tmp_path, emoji_small, "--model.hard_negatives", "true", "--data.compose_p", "0.5",
+               "--data.compose_mirror", "true", "--model.swap_margin", "0.5", steps=3, name="negclip")
     rows = (run / "metrics.csv").read_text()
-    assert "train/hard_negatives" in rows and "train/loss" in rows
+    assert all(k in rows for k in ("train/hard_negatives", "train/loss", "train/swap_text", "train/swap_image"))
     with pytest.raises(ValueError, match="hard_negatives goes with loss='clip'"):
         from brivl.system import DualTowerSystem
 

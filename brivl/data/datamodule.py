@@ -366,6 +366,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         if self.resume is not None and int(self.resume["epoch"]) == self.epoch:
             skip, done = (self.resume["workers"].get(f"{rank}:{worker}") or [0, 0])
         batch, first = [], None  # first: the first render of a composed item, waiting for its second
+        mirrors = []  # (i, j): batch rows of a composite and its mirror
         for pos, raw in enumerate(self._shuffled(self._raw(random.Random(base)), random.Random(base + 1)), 1):
             if done >= self.batches_per_epoch:
                 return
@@ -382,13 +383,16 @@ class TrainStream(torch.utils.data.IterableDataset):
             if item is None:
                 continue
             if isinstance(item, list):  # a composite and its mirror: kept in one batch, so the mirror is dropped
-                batch.extend(item[:self.batch_size - len(batch)])  # when one slot is left (exact resume)
+                if len(batch) + 2 <= self.batch_size:  # when one slot is left (exact resume)
+                    mirrors.append((len(batch), len(batch) + 1))
+                batch.extend(item[:self.batch_size - len(batch)])
             else:
                 batch.append(item)
             if len(batch) == self.batch_size:
                 done += 1
-                yield {**_collate(batch), "stream": torch.tensor([rank, worker, self.epoch, pos, done])}
-                batch = []
+                yield {**_collate(batch), "mirror_pairs": torch.tensor(mirrors, dtype=torch.long).view(-1, 2),
+                       "stream": torch.tensor([rank, worker, self.epoch, pos, done])}
+                batch, mirrors = [], []
 
 
 class ClosedViewDataset(torch.utils.data.Dataset):
