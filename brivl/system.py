@@ -106,7 +106,9 @@ class DualTowerSystem(pl.LightningModule):
             txt = self.model.encode_text(ids).view(n_sets, bsz, -1)  # (M, B, D)
             scale = self.model.logit_scale.exp()
             if self.hparams.hard_negatives:
-                negs = [[n for n in ns if n] for ns in batch.get("negatives") or [[]] * n_sets]  # per caption set
+                raw = batch.get("negatives") or [[]] * n_sets  # per caption set: a negative or None per row
+                rows = [[b for b, n in enumerate(ns) if n] for ns in raw]  # the rows that have one
+                negs = [[ns[b] for b in r] for ns, r in zip(raw, rows)]
                 flat = [n for ns in negs for n in ns]
                 neg = (self.model.encode_text(self.model.tokenize(flat).to(self.device)) if flat
                        else img.new_zeros(0, img.shape[1]))  # (N, D)
@@ -115,7 +117,7 @@ class DualTowerSystem(pl.LightningModule):
                            for m in range(n_sets)) / n_sets
                 self.log("train/hard_negatives", float(len(flat)), batch_size=bsz)
                 if self.swap_loss is not None:
-                    loss = loss + self.swap_separation(img, txt, neg, batch)
+                    loss = loss + self.swap_separation(img, txt, neg, rows, batch.get("mirror_pairs"))
             else:
                 loss = sum(self.clip_loss(img, txt[m], scale) for m in range(n_sets)) / n_sets
             self.log("logit_scale", scale, prog_bar=False)
@@ -134,13 +136,12 @@ class DualTowerSystem(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
-    def swap_separation(self, img, txt, neg, batch) -> torch.Tensor:
-        """The swap-separation term: captions vs their swapped negatives (every caption set), composed images vs
-        their mirrors (``batch["mirror_pairs"]``, (P, 2) rows)."""
-        rows = [[b for b, n in enumerate(ns) if n] for ns in batch.get("negatives") or [[]] * len(txt)]
-        cap = torch.cat([txt[m][rows[m]] for m in range(len(rows))])  # (N, D): the rows of ``neg``, in its order
+    def swap_separation(self, img, txt, neg, rows, pairs) -> torch.Tensor:
+        """The swap-separation term: captions vs their swapped negatives ``neg`` (``rows[m]``: the rows of caption
+        set m that have one, in the order of ``neg``), composed images vs their mirrors (``pairs``: the batch's
+        ``mirror_pairs``, (P, 2) rows, or None)."""
+        cap = torch.cat([txt[m][r] for m, r in enumerate(rows)])  # (N, D)
         text_term = self.swap_loss(cap, neg)
-        pairs = batch.get("mirror_pairs")
         pairs = pairs if pairs is not None else torch.zeros(0, 2, dtype=torch.long)
         image_term = self.swap_loss(img[pairs[:, 0]], img[pairs[:, 1]])
         self.log_dict({"train/swap_text": text_term, "train/swap_image": image_term}, batch_size=len(img))

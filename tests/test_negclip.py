@@ -110,7 +110,8 @@ def test_swap_separation_term_pairs_the_right_rows(emoji_small):
         txt = torch.stack([m.encode_text(m.tokenize(ts)) for ts in batch["texts"]])  # (M, B, D)
         flat = [n for ns in batch["negatives"] for n in ns if n]
         neg = m.encode_text(m.tokenize(flat))
-        got = float(sys_.swap_separation(img, txt, neg, batch))
+        rows = [[b for b, n in enumerate(ns) if n] for ns in batch["negatives"]]
+        got = float(sys_.swap_separation(img, txt, neg, rows, batch["mirror_pairs"]))
     text_terms = [max(0.0, float(txt[k][b] @ m.encode_text(m.tokenize([n]))[0]))
                   for k, ns in enumerate(batch["negatives"]) for b, n in enumerate(ns) if n]
     image_terms = [max(0.0, float(img[i] @ img[j])) for i, j in batch["mirror_pairs"].tolist()]
