@@ -180,5 +180,5 @@ def format_compositional(res: dict, title: str) -> str:
         n = max(v["n"] for v in r["languages"].values())
         m = r["mean"]
         lines.append(f"{kind:<11} {n:>4}  {m['text']:>6.3f} {m['image']:>6.3f} {m['group']:>6.3f}  "
-                     f"{m['caption_cos']:>7.3f} {m.get('image_cos', float('nan')):>7.3f}")
+                     f"{m['caption_cos']:>7.3f} {m['image_cos']:>7.3f}")
     return "\n".join(lines)
