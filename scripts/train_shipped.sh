@@ -9,6 +9,8 @@
 #     distill      AltCLIP stage 1 (teacher learning, no images)   -> models/altclip-emoji-distill
 #     contrastive  AltCLIP stage 2 (image tower locked)            -> models/altclip-emoji
 #     scratch      the from-scratch baseline, stage 2's budget     -> models/altclip-scratch
+#     scratch-fair the fair from-scratch baseline: the teacher's 2000 English steps + stage 2's 300 m9 steps,
+#                  both towers trained (configs/ablation/altclip-scratch-fair.yaml) -> models/altclip-scratch-fair
 #     m18          stage 1 on 18 languages                         -> runs/export/altclip-emoji-distill-m18
 #     distill-all  stage 1 in every covered language (102), its own 16k tokenizer -> models/altclip-emoji-all-distill
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
@@ -54,7 +56,7 @@ fit_export() {
     "${eval_args[@]}" $export_args
 }
 
-[ $# -gt 0 ] || { sed -n 2,25p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,${/^#/!q;p}' "$0"; exit 2; }  # the header above
 for stage in "$@"; do
   case $stage in
     brivl) EVAL=0 fit_export brivl brivl brivl-emoji runs/export/brivl-emoji-2400 "" --config configs/brivl-emoji.yaml \
@@ -70,6 +72,8 @@ for stage in "$@"; do
         --data.init_args.num_workers "$WORKERS" ;;
     scratch) fit_export brivl brivl altclip-scratch models/altclip-scratch "" --config configs/brivl-emoji.yaml \
         --config configs/ablation/altclip-scratch.yaml --data.num_workers "$WORKERS" ;;
+    scratch-fair) fit_export brivl brivl altclip-scratch-fair models/altclip-scratch-fair "" \
+        --config configs/brivl-emoji.yaml --config configs/ablation/altclip-scratch-fair.yaml --data.num_workers "$WORKERS" ;;
     m18) fit_export altclip altclip altclip-distill-m18 runs/export/altclip-emoji-distill-m18 \
         "--langs en zh es fr ru ar ja ko it th hi uk tr vi pl nl pt de" \
         --config configs/altclip-distill.yaml --config configs/ablation/altclip-distill-m18.yaml ;;
@@ -109,6 +113,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch m18 distill-all contrastive-all brivl3 heldout heldout-aug negclip negclip-mirror negclip-swapsep diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all contrastive-all brivl3 heldout heldout-aug negclip negclip-mirror negclip-swapsep diffusion)" >&2; exit 2 ;;
   esac
 done
