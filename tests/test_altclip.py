@@ -343,3 +343,8 @@ def test_ablation_table_checks_the_targets():
     assert "| stage 2 | 0.800 | 0.780 | 0.600 | 0.727 |" in table and "| English teacher (en only) | 0.800" in table
     _, two = ablation_table(res({"en": 0.8}), {k: rows[k] for k in ("stage 1", "stage 2")}, langs)
     assert "margin_over_last" not in two and two["worst_lang"] == "ar"  # no baseline row: no margin
+    rows["fair scratch"] = res({"en": 0.5, "zh": 0.5, "ar": 0.2})  # a second baseline: a margin against each
+    _, four = ablation_table(res({"en": 0.8}), rows, langs)
+    stage2 = (0.8 + 0.78 + 0.6) / 3
+    assert four["margins"] == pytest.approx({"scratch": stage2 - 0.1, "fair scratch": stage2 - 0.4})
+    assert four["margin_over_last"] == pytest.approx(stage2 - 0.4)
