@@ -9,10 +9,13 @@
 captions (``data.compose_p``: composed two-emoji images, the relation caption with the order swapped) are extra
 columns of the image->text softmax (:class:`~brivl.losses.HardNegativeClipLoss`). ``swap_margin`` adds
 :class:`~brivl.losses.SwapSeparationLoss` on each caption and its swapped negative and, with
-``data.compose_mirror``, on each composed image and its mirror: both towers are asked to tell the orders apart.
+``data.compose_mirror``, on each composed image and its mirror: both towers are asked to tell the orders apart. ``parallel_order_temperature`` adds
+:class:`~brivl.losses.ParallelOrderLoss`: a composite's caption in one language is pulled to its caption in each
+other language of the batch and pushed from that language's swapped one (word order learnt from parallel text).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytorch_lightning as pl
@@ -21,7 +24,8 @@ import torch
 from .data.emoji import M9
 from .data.languages import resolve_for_datamodule
 from .evaluate import evaluate_model, mean_over_languages
-from .losses import HardNegativeClipLoss, MomentumEncoder, MomentumQueueLoss, SwapSeparationLoss, make_clip_loss
+from .losses import (HardNegativeClipLoss, MomentumEncoder, MomentumQueueLoss, ParallelOrderLoss, SwapSeparationLoss,
+                     make_clip_loss)
 from .model import ConfigMismatchError, DualTower, create_model
 
 
@@ -46,6 +50,7 @@ class DualTowerSystem(pl.LightningModule):
         mask_same_concept: bool = False,
         learn_temperature: bool = True,
         swap_margin: float | None = None,
+        parallel_order_temperature: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -57,7 +62,12 @@ class DualTowerSystem(pl.LightningModule):
             raise ValueError("hard_negatives goes with loss='clip' (NegCLIP is in-batch InfoNCE + hard negatives)")
         if swap_margin is not None and not hard_negatives:
             raise ValueError("swap_margin needs hard_negatives: true (it separates a caption from its swapped negative)")
+        if parallel_order_temperature is not None and not hard_negatives:
+            raise ValueError("parallel_order_temperature needs hard_negatives: true (it ranks a caption's parallel "
+                             "caption above that caption's swapped negative)")
         self.swap_loss = SwapSeparationLoss(swap_margin) if swap_margin is not None else None
+        self.parallel_loss = (ParallelOrderLoss(parallel_order_temperature)
+                              if parallel_order_temperature is not None else None)
         self.model: DualTower = create_model(model, pretrained=pretrained, tokenizer=tokenizer).train()
         if self.model.tokenizer is None:
             raise ValueError(f"model {model!r} needs a tokenizer: set model.tokenizer to a tokenizer folder "
@@ -118,6 +128,8 @@ class DualTowerSystem(pl.LightningModule):
                 self.log("train/hard_negatives", float(len(flat)), batch_size=bsz)
                 if self.swap_loss is not None:
                     loss = loss + self.swap_separation(img, txt, neg, rows, batch.get("mirror_pairs"))
+                if self.parallel_loss is not None:
+                    loss = loss + self.parallel_order(txt, neg, rows)
             else:
                 loss = sum(self.clip_loss(img, txt[m], scale) for m in range(n_sets)) / n_sets
             self.log("logit_scale", scale, prog_bar=False)
@@ -146,6 +158,24 @@ class DualTowerSystem(pl.LightningModule):
         image_term = self.swap_loss(img[pairs[:, 0]], img[pairs[:, 1]])
         self.log_dict({"train/swap_text": text_term, "train/swap_image": image_term}, batch_size=len(img))
         return text_term + image_term
+
+    def parallel_order(self, txt, neg, rows) -> torch.Tensor:
+        """The parallel-order term: for every row that has a swapped negative in two caption sets m != k (a
+        composite captioned in two languages), caption m is the anchor, caption k the positive and k's swapped
+        caption the hard negative (``neg`` and ``rows`` as in :meth:`swap_separation`)."""
+        starts = [sum(len(r) for r in rows[:m]) for m in range(len(rows))]
+        where = [{b: starts[m] + i for i, b in enumerate(r)} for m, r in enumerate(rows)]  # row -> index in neg
+        anchor, positive, negative = [], [], []
+        for m, k in itertools.permutations(range(len(rows)), 2):
+            both = [b for b in rows[m] if b in where[k]]
+            anchor.append(txt[m][both])
+            positive.append(txt[k][both])
+            negative.append(neg[[where[k][b] for b in both]])
+        if not anchor:  # one caption set: no parallel captions
+            return txt.new_zeros(())
+        term = self.parallel_loss(torch.cat(anchor), torch.cat(positive), torch.cat(negative))
+        self.log("train/parallel_order", term, batch_size=txt.shape[1])
+        return term
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         with torch.no_grad():  # CLIP's clamp of the learnable temperature (logit scale <= 100)

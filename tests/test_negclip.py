@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from brivl.compositional import TEMPLATES
-from brivl.losses import HardNegativeClipLoss, SwapSeparationLoss
+from brivl.losses import HardNegativeClipLoss, ParallelOrderLoss, SwapSeparationLoss
 
 
 def test_hard_negative_loss_against_a_written_out_reference():
@@ -40,6 +40,20 @@ def test_swap_separation_loss_against_a_written_out_reference():
     assert float(SwapSeparationLoss(0.99)(x[1:], -x[1:])) == 0.0  # already apart: no gradient
     with pytest.raises(ValueError, match="margin"):
         SwapSeparationLoss(1.0)
+
+
+def test_parallel_order_loss_against_a_written_out_reference():
+    g = torch.Generator().manual_seed(2)
+    a, p, n = (F.normalize(torch.randn(5, 8, generator=g), dim=-1) for _ in range(3))
+    tau = 0.1
+    want = sum(-math.log(math.exp(float(a[i] @ p[i]) / tau)
+                         / (math.exp(float(a[i] @ p[i]) / tau) + math.exp(float(a[i] @ n[i]) / tau)))
+               for i in range(5)) / 5  # cross-entropy over [positive, hard negative], label 0
+    assert float(ParallelOrderLoss(tau)(a, p, n)) == pytest.approx(want, rel=1e-5)
+    assert float(ParallelOrderLoss(tau)(a[:0], p[:0], n[:0])) == 0.0
+    assert float(ParallelOrderLoss(tau)(a, a, -a)) < 1e-8  # positive at cosine 1, negative at -1: nothing to learn
+    with pytest.raises(ValueError, match="temperature"):
+        ParallelOrderLoss(0.0)
 
 
 def test_composed_items_carry_the_swapped_caption(emoji_small):
@@ -120,13 +134,54 @@ def test_swap_separation_term_pairs_the_right_rows(emoji_small):
         DualTowerSystem(model="brivl-nano", tokenizer=str(emoji_small / "tokenizer"), swap_margin=0.5)
 
 
+def test_parallel_order_term_pairs_the_right_rows(emoji_small):
+    """DualTowerSystem.parallel_order: each composite's caption in one set against its caption in every other set
+    (positive) and that set's swapped caption (negative), recomputed here triple by triple."""
+    from brivl.data.datamodule import ShardDataModule
+    from brivl.system import DualTowerSystem
+
+    kw = dict(data_dir=str(emoji_small), batch_size=6, num_workers=0, langs=["en", "ja", "zh"], captions_per_image=3,
+              shuffle_buffer=10, compose_p=0.5, epoch_samples=12)
+    sys_ = DualTowerSystem(model="brivl-nano", tokenizer=str(emoji_small / "tokenizer"), hard_negatives=True,
+                           parallel_order_temperature=0.1)
+    sys_.log = lambda *a, **k: None  # outside a Trainer
+    m = sys_.model
+    dm = ShardDataModule(**kw)
+    dm.configure_preprocess(m.image_size, *m.image_mean_std)
+    batch = next(b for b in dm.train_dataloader() if any(n for ns in b["negatives"] for n in ns))
+    with torch.no_grad():
+        txt = torch.stack([m.encode_text(m.tokenize(ts)) for ts in batch["texts"]])  # (M, B, D)
+        flat = [n for ns in batch["negatives"] for n in ns if n]
+        neg = m.encode_text(m.tokenize(flat))
+        rows = [[b for b, n in enumerate(ns) if n] for ns in batch["negatives"]]
+        got = float(sys_.parallel_order(txt, neg, rows))
+
+        def emb(t):
+            return m.encode_text(m.tokenize([t]))[0]
+
+        terms = []
+        negs, texts = batch["negatives"], batch["texts"]
+        for i in range(3):
+            for k in range(3):
+                for b in range(len(texts[0])):
+                    if i != k and negs[i][b] and negs[k][b]:
+                        a, p, n = emb(texts[i][b]), emb(texts[k][b]), emb(negs[k][b])
+                        terms.append(float(F.softplus((a @ n - a @ p) / 0.1)))
+    assert terms and got == pytest.approx(sum(terms) / len(terms), rel=1e-4)
+    assert float(sys_.parallel_order(txt[:1], neg[:len(rows[0])], rows[:1])) == 0.0  # one set: no parallel caption
+    with pytest.raises(ValueError, match="parallel_order_temperature needs hard_negatives"):
+        DualTowerSystem(model="brivl-nano", tokenizer=str(emoji_small / "tokenizer"), parallel_order_temperature=0.1)
+
+
 def test_fit_with_hard_negatives_logs_them(emoji_small, tmp_path):
     from test_pipeline import _fit
 
     run = _fit(tmp_path, emoji_small, "--model.hard_negatives", "true", "--data.compose_p", "0.5",
-               "--data.compose_mirror", "true", "--model.swap_margin", "0.5", steps=3, name="negclip")
+               "--data.compose_mirror", "true", "--model.swap_margin", "0.5",
+               "--model.parallel_order_temperature", "0.1", steps=3, name="negclip")
     rows = (run / "metrics.csv").read_text()
-    assert all(k in rows for k in ("train/hard_negatives", "train/loss", "train/swap_text", "train/swap_image"))
+    assert all(k in rows for k in ("train/hard_negatives", "train/loss", "train/swap_text", "train/swap_image",
+                                   "train/parallel_order"))
     with pytest.raises(ValueError, match="hard_negatives goes with loss='clip'"):
         from brivl.system import DualTowerSystem
 
