@@ -350,6 +350,29 @@ def cmd_views(a) -> None:
         print(f"-> {a.out}")
 
 
+def cmd_compare(a) -> None:
+    """Models side by side on one view, with a paired bootstrap over concepts (brivl.compare)."""
+    from .compare import format_comparison, paired_bootstrap, query_hits
+    from .data.datamodule import load_view, to_batch
+    from .data.emoji import M9
+    from .evaluate import concept_of
+    from .model import create_model
+
+    rows = dict(r.split("=", 1) if "=" in r else (r, r) for r in a.models)
+    samples, _ = load_view(a.data, a.view)
+    if not samples:
+        raise CLIError(f"view {a.view!r} of {a.data} has no samples")
+    metas, langs = [s["meta"] for s in samples], _langs(a.langs, a.data) or list(M9)
+    runs = {}
+    for name, folder in rows.items():
+        model = create_model(folder)
+        images = to_batch(samples, model.image_size, *model.image_mean_std)
+        runs[name] = query_hits(model, images, metas, langs, a.k)
+    res = paired_bootstrap(runs, len(set(concept_of(metas))), a.n_boot, a.seed)
+    res.update({"view": a.view, "data": str(a.data), "k": a.k, "langs": langs})
+    print(json.dumps(res, ensure_ascii=False) if a.json else format_comparison(res, a.k, a.view))
+
+
 def cmd_plot(a) -> None:
     from .plots import plot_loss_curve
 
@@ -464,6 +487,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(key compositional, or compositional:SPLIT)")
     c.set_defaults(func=cmd_compositional)
     v.set_defaults(func=cmd_eval)
+
+    k = sub.add_parser("compare", help="models side by side on one view: mean t2i R@k with a paired bootstrap "
+                                       "interval over concepts, and each model minus the first")
+    k.add_argument("--models", nargs="+", required=True, help="NAME=FOLDER or FOLDER; the first is the reference")
+    k.add_argument("--data", default=DEFAULT_DATA)
+    k.add_argument("--view", default="test")
+    k.add_argument("--langs", nargs="+", default=None, help=f"default: {' '.join(M9)}")
+    k.add_argument("--k", type=int, default=1, help="R@k")
+    k.add_argument("--n-boot", type=int, default=1000)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_compare)
 
     pl_ = sub.add_parser("plot", help="loss curve PNG from a Lightning metrics.csv")
     pl_.add_argument("metrics")
