@@ -289,17 +289,28 @@ def cmd_compositional(a) -> None:
     if getattr(a, "write", False) and not path.is_file():
         raise CLIError(f"--write adds to a model folder's eval.json; {path} does not exist "
                        "(export the model with --eval-data first)")
-    res = run_compositional(create_model(a.model), a.data, split, _langs(a.langs, a.data), a.relations, a.model)
+    model = create_model(a.model)
+    res = run_compositional(model, a.data, split, _langs(a.langs, a.data), a.relations, a.model)
     if getattr(a, "write", False):  # in the layout the export writes (keys in order, 2-space indent)
         from .data.shards import atomic_write_bytes
 
         ev = {**json.loads(path.read_text()), compositional_key(split): res}
         atomic_write_bytes(path, json.dumps(ev, indent=2, ensure_ascii=False).encode())
         print(f"wrote {compositional_key(split)!r} into {path}", file=sys.stderr)
+    order = None
+    if getattr(a, "order_agreement", False):  # not written into eval.json
+        from .compositional import TEMPLATES, format_order_agreement, order_agreement
+        from .data.datamodule import load_view
+        from .data.emoji import M9
+
+        langs = [lang for lang in (_langs(a.langs, a.data) or M9) if lang in TEMPLATES["above"]]
+        order = order_agreement(model, load_view(a.data, split)[0], langs, a.relations)
     if a.json:
-        print(json.dumps(res, ensure_ascii=False))
+        print(json.dumps({**res, "order_agreement": order} if order else res, ensure_ascii=False))
     else:
         print(format_compositional(res, f"{a.model}: Winoground-style groups on {split} emoji"))
+        if order:
+            print(format_order_agreement(order))
 
 
 def cmd_eval(a) -> None:
@@ -483,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--langs", nargs="+", default=None, help="m9 by default (the relation templates are m9)")
     c.add_argument("--relations", type=int, default=100, help="emoji pairs per relation")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--order-agreement", action="store_true", help="also: which order the text tower reads in each "
+                   "language's relation captions, against the English caption of the same and of the swapped meaning")
     c.add_argument("--write", action="store_true", help="add the row to the model folder's eval.json "
                                                          "(key compositional, or compositional:SPLIT)")
     c.set_defaults(func=cmd_compositional)

@@ -115,6 +115,54 @@ def _bootstrap(values: torch.Tensor, n: int = 1000, seed: int = 0) -> list[float
     return [round(means[int(0.025 * n)].item(), 4), round(means[int(0.975 * n) - 1].item(), 4)]
 
 
+def relation_pairs(n_samples: int, n_relations: int, seed: int = 0) -> list[tuple[int, int]]:
+    """The ordered sample pairs (a, b) composed into relation groups: ``n_relations`` drawn with ``seed``."""
+    pairs = list(itertools.permutations(range(n_samples), 2))
+    return random.Random(seed).sample(pairs, min(n_relations, len(pairs)))
+
+
+@torch.no_grad()
+def order_agreement(model, samples: list[dict], langs=M9, n_relations: int = 100, seed: int = 0,
+                    reference: str = "en") -> dict:
+    """Which order does the text tower read in each language's relation caption? For the groups' pairs (a, b):
+    the share whose caption "a REL b" in ``lang`` lies closer to the ``reference`` caption of the same meaning
+    than to the swapped one ("b REL a"), and the two mean cosines. 1.0: the languages agree on the order;
+    0.0: the tower reads every caption of ``lang`` the other way round; ~0.5: it cannot tell."""
+    model.eval()
+    names = lambda i, lang: (samples[i]["meta"].get("names") or {}).get(lang)  # noqa: E731
+    out: dict = {"reference": reference}
+    for relation, per_template in TEMPLATES.items():
+        ref = per_template[reference]
+        rows = {}
+        for lang in langs:
+            if lang == reference:
+                continue
+            ps = [(a, b) for a, b in relation_pairs(len(samples), n_relations, seed)
+                  if names(a, lang) and names(b, lang) and names(a, reference) and names(b, reference)]
+            if not ps:
+                continue
+            cap = model.embed_texts([per_template[lang].format(a=names(a, lang), b=names(b, lang)) for a, b in ps])
+            same = model.embed_texts([ref.format(a=names(a, reference), b=names(b, reference)) for a, b in ps])
+            swap = model.embed_texts([ref.format(a=names(b, reference), b=names(a, reference)) for a, b in ps])
+            cs, cw = (cap * same).sum(-1), (cap * swap).sum(-1)  # (P,), (P,)
+            rows[lang] = {"agree": round((cs > cw).float().mean().item(), 4), "cos_same": round(cs.mean().item(), 4),
+                          "cos_swapped": round(cw.mean().item(), 4), "n": len(ps)}
+        out[relation] = rows
+    return out
+
+
+def format_order_agreement(res: dict) -> str:
+    ref = res["reference"]
+    lines = [f"order agreement with {ref}: share of pairs whose caption is closer to the {ref} caption of the same "
+             f"meaning than to the swapped one (cos same / cos swapped)"]
+    for relation, rows in res.items():
+        if relation == "reference":
+            continue
+        lines.append(f"{relation:<9} " + "  ".join(f"{lang} {r['agree']:.2f} ({r['cos_same']:.3f}/{r['cos_swapped']:.3f})"
+                                                  for lang, r in rows.items()))
+    return "\n".join(lines)
+
+
 @torch.no_grad()
 def evaluate_compositional(model, samples: list[dict], langs=M9, n_relations: int = 100, seed: int = 0) -> dict:
     """Winoground scores of ``model`` (a DualTower) per kind and language on ``samples`` (one view's renders)."""
@@ -124,9 +172,7 @@ def evaluate_compositional(model, samples: list[dict], langs=M9, n_relations: in
     mean, std = model.image_mean_std
     size = model.image_size
     kinds = attribute_groups(samples)
-    rng = random.Random(seed)
-    pairs = [(i, j) for i, j in itertools.permutations(range(len(samples)), 2)]
-    rel_pairs = rng.sample(pairs, min(n_relations, len(pairs)))
+    rel_pairs = relation_pairs(len(samples), n_relations, seed)
     images = [s["image"] for s in samples]  # renders first, then the composed images
     groups: dict[str, list[tuple]] = {}  # kind -> [(image0, image1, (sample, relation) of caption 0/1)]
     for kind, members in kinds.items():

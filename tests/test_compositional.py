@@ -117,3 +117,30 @@ def test_export_writes_the_compositional_rows_and_write_adds_them(emoji_small, t
     (out / "eval.json").unlink()
     assert main(["compositional", "--model", str(out), "--data", str(emoji_small), "--write"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_order_agreement_against_pairs_scored_one_by_one(emoji_small, models, capsys):
+    """brivl compositional --order-agreement: per language, the share of the groups' pairs whose caption is closer
+    to the English caption of the same meaning than to the swapped one, recomputed pair by pair."""
+    from brivl.cli import main
+    from brivl.compositional import relation_pairs
+    from brivl.data.datamodule import load_view
+    from brivl.model import create_model
+
+    assert main(["compositional", "--model", str(models[0]), "--data", str(emoji_small), "--langs", "en", "ja",
+                 "--relations", "20", "--order-agreement", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["order_agreement"]
+    assert got["reference"] == "en" and set(got["left of"]) == {"ja"}  # the reference is not scored against itself
+    model = create_model(str(models[0])).eval()
+    samples, _ = load_view(emoji_small, "closed")
+    name = lambda i, lang: samples[i]["meta"]["names"].get(lang)  # noqa: E731
+    agree = []
+    for a, b in relation_pairs(len(samples), 20):
+        if not all(name(i, lang) for i in (a, b) for lang in ("en", "ja")):
+            continue
+        ja, same, swap = model.embed_texts([TEMPLATES["left of"]["ja"].format(a=name(a, "ja"), b=name(b, "ja")),
+                                            TEMPLATES["left of"]["en"].format(a=name(a, "en"), b=name(b, "en")),
+                                            TEMPLATES["left of"]["en"].format(a=name(b, "en"), b=name(a, "en"))])
+        agree.append(float(ja @ same > ja @ swap))
+    assert got["left of"]["ja"]["n"] == len(agree) > 0
+    assert got["left of"]["ja"]["agree"] == pytest.approx(sum(agree) / len(agree), abs=1e-4)
