@@ -103,28 +103,39 @@ def test_mirrored_composites_are_each_others_hard_negatives(emoji_small):
     assert second["texts"][0][0] != n[4] and second["texts"][0][1] == second["negatives"][0][0]
 
 
-def test_swap_separation_term_pairs_the_right_rows(emoji_small):
-    """DualTowerSystem.swap_separation: each caption with its own swapped negative, each composite with its mirror,
-    recomputed here pair by pair from the same embeddings."""
+def _system_and_batch(emoji_small, langs, captions, mirror, **system_kw):
+    """A brivl-nano DualTowerSystem with hard negatives (logging off, outside a Trainer), the first training batch
+    that holds a composite, and its embeddings: images (B, D), caption sets (M, B, D), the swapped negatives
+    (N, D) and, per set, the rows that have one."""
     from brivl.data.datamodule import ShardDataModule
     from brivl.system import DualTowerSystem
 
-    kw = dict(data_dir=str(emoji_small), batch_size=6, num_workers=0, langs=["en", "ja"], captions_per_image=2,
-              shuffle_buffer=10, compose_p=0.5, compose_mirror=True, epoch_samples=12)
     sys_ = DualTowerSystem(model="brivl-nano", tokenizer=str(emoji_small / "tokenizer"), hard_negatives=True,
-                           swap_margin=0.0)
-    sys_.log_dict = lambda *a, **k: None  # outside a Trainer
+                           **system_kw)
+    sys_.log = sys_.log_dict = lambda *a, **k: None
     m = sys_.model
-    dm = ShardDataModule(**kw)
+    dm = ShardDataModule(data_dir=str(emoji_small), batch_size=6, num_workers=0, langs=langs,
+                         captions_per_image=captions, shuffle_buffer=10, compose_p=0.5, compose_mirror=mirror,
+                         epoch_samples=12)
     dm.configure_preprocess(m.image_size, *m.image_mean_std)
-    batch = next(iter(dm.train_dataloader()))
-    assert len(batch["mirror_pairs"]) >= 1
+    batch = next(b for b in dm.train_dataloader() if any(n for ns in b["negatives"] for n in ns))
     with torch.no_grad():
         img = m.encode_image(batch["images"])
         txt = torch.stack([m.encode_text(m.tokenize(ts)) for ts in batch["texts"]])  # (M, B, D)
-        flat = [n for ns in batch["negatives"] for n in ns if n]
-        neg = m.encode_text(m.tokenize(flat))
-        rows = [[b for b, n in enumerate(ns) if n] for ns in batch["negatives"]]
+        neg = m.encode_text(m.tokenize([n for ns in batch["negatives"] for n in ns if n]))
+    rows = [[b for b, n in enumerate(ns) if n] for ns in batch["negatives"]]
+    return sys_, batch, (img, txt, neg, rows)
+
+
+def test_swap_separation_term_pairs_the_right_rows(emoji_small):
+    """DualTowerSystem.swap_separation: each caption with its own swapped negative, each composite with its mirror,
+    recomputed here pair by pair from the same embeddings."""
+    from brivl.system import DualTowerSystem
+
+    sys_, batch, (img, txt, neg, rows) = _system_and_batch(emoji_small, ["en", "ja"], 2, True, swap_margin=0.0)
+    m = sys_.model
+    assert len(batch["mirror_pairs"]) >= 1
+    with torch.no_grad():
         got = float(sys_.swap_separation(img, txt, neg, rows, batch["mirror_pairs"]))
     text_terms = [max(0.0, float(txt[k][b] @ m.encode_text(m.tokenize([n]))[0]))
                   for k, ns in enumerate(batch["negatives"]) for b, n in enumerate(ns) if n]
@@ -137,23 +148,12 @@ def test_swap_separation_term_pairs_the_right_rows(emoji_small):
 def test_parallel_order_term_pairs_the_right_rows(emoji_small):
     """DualTowerSystem.parallel_order: each composite's caption in one set against its caption in every other set
     (positive) and that set's swapped caption (negative), recomputed here triple by triple."""
-    from brivl.data.datamodule import ShardDataModule
     from brivl.system import DualTowerSystem
 
-    kw = dict(data_dir=str(emoji_small), batch_size=6, num_workers=0, langs=["en", "ja", "zh"], captions_per_image=3,
-              shuffle_buffer=10, compose_p=0.5, epoch_samples=12)
-    sys_ = DualTowerSystem(model="brivl-nano", tokenizer=str(emoji_small / "tokenizer"), hard_negatives=True,
-                           parallel_order_temperature=0.1)
-    sys_.log = lambda *a, **k: None  # outside a Trainer
+    sys_, batch, (_, txt, neg, rows) = _system_and_batch(emoji_small, ["en", "ja", "zh"], 3, False,
+                                                         parallel_order_temperature=0.1)
     m = sys_.model
-    dm = ShardDataModule(**kw)
-    dm.configure_preprocess(m.image_size, *m.image_mean_std)
-    batch = next(b for b in dm.train_dataloader() if any(n for ns in b["negatives"] for n in ns))
     with torch.no_grad():
-        txt = torch.stack([m.encode_text(m.tokenize(ts)) for ts in batch["texts"]])  # (M, B, D)
-        flat = [n for ns in batch["negatives"] for n in ns if n]
-        neg = m.encode_text(m.tokenize(flat))
-        rows = [[b for b, n in enumerate(ns) if n] for ns in batch["negatives"]]
         got = float(sys_.parallel_order(txt, neg, rows))
 
         def emb(t):
