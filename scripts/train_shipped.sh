@@ -13,6 +13,8 @@
 #                  both towers trained (configs/ablation/altclip-scratch-fair.yaml) -> models/altclip-scratch-fair
 #     m18          stage 1 on 18 languages                         -> runs/export/altclip-emoji-distill-m18
 #     distill-all  stage 1 in every covered language (102), its own 16k tokenizer -> models/altclip-emoji-all-distill
+#     distill-all-more  one more stage-1 leg (10000 steps, warm restart) from models/altclip-emoji-all-distill
+#                  -> models/altclip-emoji-all-distill (repeat it; run contrastive-all after the last leg)
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
 #     heldout      the held-out style ablation: noto+twemoji only, without and with style augmentations
@@ -83,6 +85,10 @@ for stage in "$@"; do
         $PY -m brivl tokenizer --data data/emoji --langs all --vocab-size 16000 --out data/emoji/tokenizer-all
       fit_export altclip altclip altclip-distill-all models/altclip-emoji-all-distill "--langs all" \
         --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml ;;
+    distill-all-more) [ -f models/altclip-emoji-all-distill/config.json ] || { echo "no models/altclip-emoji-all-distill: run distill-all first" >&2; exit 1; }
+      fit_export altclip altclip altclip-distill-all models/altclip-emoji-all-distill "--langs all" \
+        --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml \
+        --model.init_args.student models/altclip-emoji-all-distill --model.init_args.tokenizer models/altclip-emoji-all-distill ;;
     contrastive-all) fit_export altclip brivl altclip-contrastive-all models/altclip-emoji-all "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
@@ -119,6 +125,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all contrastive-all brivl3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel diffusion)" >&2; exit 2 ;;
   esac
 done
