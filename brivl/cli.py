@@ -255,21 +255,29 @@ def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "
     return res
 
 
-def run_compositional(model, data: str, split: str = "closed", langs: list[str] | None = None,
-                      relations: int = 100, name: str = "") -> dict:
-    """Winoground-style groups (attribute binding, relations) on a split's emoji (brivl.compositional), in the
-    languages that have a relation template (m9) among ``langs`` (default m9)."""
-    from .compositional import TEMPLATES, evaluate_compositional
-    from .data.datamodule import load_view
+def relation_langs(langs: list[str] | None) -> list[str]:
+    """The languages among ``langs`` (default m9) that have a relation template (m9), or a one-line error."""
+    from .compositional import TEMPLATES
     from .data.emoji import M9
 
-    samples, _ = load_view(data, split)
-    if not samples:
-        raise CLIError(f"view {split!r} of {data} has no samples")
     langs = [lang for lang in (langs or M9) if lang in TEMPLATES["above"]]
     if not langs:
         raise CLIError(f"no language with a relation template among those asked; the templates are: {' '.join(M9)}")
-    res = evaluate_compositional(model, samples, langs, n_relations=relations)
+    return langs
+
+
+def run_compositional(model, data: str, split: str = "closed", langs: list[str] | None = None,
+                      relations: int = 100, name: str = "", samples: list[dict] | None = None) -> dict:
+    """Winoground-style groups (attribute binding, relations) on a split's emoji (brivl.compositional), in the
+    languages that have a relation template (m9) among ``langs`` (default m9); ``samples``: the split's
+    samples when already loaded."""
+    from .compositional import evaluate_compositional
+    from .data.datamodule import load_view
+
+    samples = samples if samples is not None else load_view(data, split)[0]
+    if not samples:
+        raise CLIError(f"view {split!r} of {data} has no samples")
+    res = evaluate_compositional(model, samples, relation_langs(langs), n_relations=relations)
     res.update({"model": name, "view": f"compositional ({split})", "data": str(data)})
     return res
 
@@ -289,8 +297,10 @@ def cmd_compositional(a) -> None:
     if getattr(a, "write", False) and not path.is_file():
         raise CLIError(f"--write adds to a model folder's eval.json; {path} does not exist "
                        "(export the model with --eval-data first)")
-    model = create_model(a.model)
-    res = run_compositional(model, a.data, split, _langs(a.langs, a.data), a.relations, a.model)
+    from .data.datamodule import load_view
+
+    model, samples = create_model(a.model), load_view(a.data, split)[0]
+    res = run_compositional(model, a.data, split, _langs(a.langs, a.data), a.relations, a.model, samples)
     if getattr(a, "write", False):  # in the layout the export writes (keys in order, 2-space indent)
         from .data.shards import atomic_write_bytes
 
@@ -299,12 +309,9 @@ def cmd_compositional(a) -> None:
         print(f"wrote {compositional_key(split)!r} into {path}", file=sys.stderr)
     order = None
     if getattr(a, "order_agreement", False):  # not written into eval.json
-        from .compositional import TEMPLATES, format_order_agreement, order_agreement
-        from .data.datamodule import load_view
-        from .data.emoji import M9
+        from .compositional import format_order_agreement, order_agreement
 
-        langs = [lang for lang in (_langs(a.langs, a.data) or M9) if lang in TEMPLATES["above"]]
-        order = order_agreement(model, load_view(a.data, split)[0], langs, a.relations)
+        order = order_agreement(model, samples, relation_langs(_langs(a.langs, a.data)), a.relations)
     if a.json:
         print(json.dumps({**res, "order_agreement": order} if order else res, ensure_ascii=False))
     else:

@@ -81,4 +81,3 @@ def format_comparison(res: dict, k: int, view: str) -> str:
                     f"{r['minus_first_ci95'][1]:+.3f}]"
         lines.append(line)
     return "\n".join(lines)
-

@@ -9,9 +9,10 @@
 captions (``data.compose_p``: composed two-emoji images, the relation caption with the order swapped) are extra
 columns of the image->text softmax (:class:`~brivl.losses.HardNegativeClipLoss`). ``swap_margin`` adds
 :class:`~brivl.losses.SwapSeparationLoss` on each caption and its swapped negative and, with
-``data.compose_mirror``, on each composed image and its mirror: both towers are asked to tell the orders apart. ``parallel_order_temperature`` adds
-:class:`~brivl.losses.ParallelOrderLoss`: a composite's caption in one language is pulled to its caption in each
-other language of the batch and pushed from that language's swapped one (word order learnt from parallel text).
+``data.compose_mirror``, on each composed image and its mirror: both towers are asked to tell the orders apart.
+``parallel_order_temperature`` adds :class:`~brivl.losses.ParallelOrderLoss`: a composite's caption in one language
+is pulled to its caption in each other language of the batch and pushed from that language's swapped one (word
+order learnt from parallel text).
 """
 from __future__ import annotations
 
