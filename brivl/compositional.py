@@ -131,13 +131,14 @@ def order_agreement(model, samples: list[dict], langs=M9, n_relations: int = 100
     model.eval()
     names = lambda i, lang: (samples[i]["meta"].get("names") or {}).get(lang)  # noqa: E731
     out: dict = {"reference": reference}
+    pairs = relation_pairs(len(samples), n_relations, seed)  # the groups' pairs: the same for every relation
     for relation, per_template in TEMPLATES.items():
         ref = per_template[reference]
         rows = {}
         for lang in langs:
             if lang == reference:
                 continue
-            ps = [(a, b) for a, b in relation_pairs(len(samples), n_relations, seed)
+            ps = [(a, b) for a, b in pairs
                   if names(a, lang) and names(b, lang) and names(a, reference) and names(b, reference)]
             if not ps:
                 continue

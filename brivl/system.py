@@ -123,7 +123,7 @@ class DualTowerSystem(pl.LightningModule):
                 flat = [n for ns in negs for n in ns]
                 neg = (self.model.encode_text(self.model.tokenize(flat).to(self.device)) if flat
                        else img.new_zeros(0, img.shape[1]))  # (N, D)
-                starts = [sum(len(ns) for ns in negs[:m]) for m in range(n_sets + 1)]
+                starts = negative_offsets(rows)
                 loss = sum(self.clip_loss(img, txt[m], neg[starts[m]:starts[m + 1]], scale)
                            for m in range(n_sets)) / n_sets
                 self.log("train/hard_negatives", float(len(flat)), batch_size=bsz)
@@ -164,7 +164,7 @@ class DualTowerSystem(pl.LightningModule):
         """The parallel-order term: for every row that has a swapped negative in two caption sets m != k (a
         composite captioned in two languages), caption m is the anchor, caption k the positive and k's swapped
         caption the hard negative (``neg`` and ``rows`` as in :meth:`swap_separation`)."""
-        starts = [sum(len(r) for r in rows[:m]) for m in range(len(rows))]
+        starts = negative_offsets(rows)
         where = [{b: starts[m] + i for i, b in enumerate(r)} for m, r in enumerate(rows)]  # row -> index in neg
         anchor, positive, negative = [], [], []
         for m, k in itertools.permutations(range(len(rows)), 2):
@@ -197,6 +197,12 @@ class DualTowerSystem(pl.LightningModule):
         hp = self.hparams
         return adamw_warmup_cosine(self, self.model.named_parameters(), hp.lr, hp.weight_decay, hp.betas,
                                    hp.warmup_steps, hp.fused_optimizer)
+
+
+def negative_offsets(rows: list[list[int]]) -> list[int]:
+    """Where each caption set's hard negatives start in the stacked negatives (``rows[m]``: the rows of set m that
+    have one), and where they end: M + 1 offsets."""
+    return [sum(len(r) for r in rows[:m]) for m in range(len(rows) + 1)]
 
 
 def log_retrieval(module: pl.LightningModule, model, batch: dict, prefix: str, langs) -> dict:
