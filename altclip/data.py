@@ -53,12 +53,18 @@ def _clean(text) -> str:
 
 
 def cldr_pairs(data_dir: str, view: str = "train+val", pivot: str = "en", keywords: bool = True) -> ParallelCorpus:
-    """Name <-> English name (and keyword list <-> English keyword list) for every emoji of ``view``."""
+    """Name <-> English name (and keyword list <-> English keyword list) for every emoji of ``view``. An emoji
+    drawn in several styles (``brivl data emoji --styles ...``) is one concept with one set of names: its pairs
+    are read once, from its first render, and keyed by the concept id."""
     samples, stats = load_view(data_dir, view)
-    pairs, keys, skipped = [], [], Counter()
+    pairs, keys, skipped, seen = [], [], Counter(), set()
     skipped.update(stats.skipped)
     for s in samples:
         meta = s["meta"]
+        concept = meta.get("id", s["key"])
+        if concept in seen:
+            continue
+        seen.add(concept)
         caps, kws = meta.get("captions") or {}, meta.get("keywords") or {}
         if not caps.get(pivot):
             skipped[f"no {pivot} name"] += 1
@@ -66,10 +72,10 @@ def cldr_pairs(data_dir: str, view: str = "train+val", pivot: str = "en", keywor
         for lang, names in caps.items():
             for name in names:
                 pairs.append((_clean(name), _clean(caps[pivot][0]), lang))
-                keys.append(s["key"])
+                keys.append(concept)
             if keywords and kws.get(lang) and kws.get(pivot):
                 pairs.append((_clean(" ".join(kws[lang])), _clean(" ".join(kws[pivot])), lang))
-                keys.append(s["key"])
+                keys.append(concept)
     return ParallelCorpus(pairs, skipped, keys)
 
 

@@ -17,6 +17,8 @@
 #                  -> models/altclip-emoji-all-distill (repeat it; run contrastive-all after the last leg)
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
+#     teacher3 distill3 contrastive3  the AltCLIP pipeline on the three-style data (configs/altclip-*-emoji3.yaml)
+#                  -> models/clip-emoji3-en, models/altclip-emoji3-distill, models/altclip-emoji3
 #     heldout      the held-out style ablation: noto+twemoji only, without and with style augmentations
 #                  (configs/ablation/heldout-openmoji*.yaml) -> runs/export/heldout-openmoji{,-aug}
 #     heldout-aug  its second arm alone (with style augmentations)
@@ -60,6 +62,11 @@ fit_export() {
     "${eval_args[@]}" $export_args
 }
 
+need_emoji3() {  # the three-style build with the concept-family split (README, issue 14)
+  [ -f data/emoji-3/manifest.json ] || $PY -m brivl data emoji --out data/emoji-3 \
+    --styles noto twemoji openmoji --split-by family
+}
+
 [ $# -gt 0 ] || { sed -n '2,${/^#/!q;p}' "$0"; exit 2; }  # the header above
 for stage in "$@"; do
   case $stage in
@@ -92,10 +99,17 @@ for stage in "$@"; do
     contrastive-all) fit_export altclip brivl altclip-contrastive-all models/altclip-emoji-all "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
-    brivl3) [ -f data/emoji-3/manifest.json ] || $PY -m brivl data emoji --out data/emoji-3 \
-        --styles noto twemoji openmoji --split-by family
+    brivl3) need_emoji3
       EVAL_DATA=data/emoji-3 fit_export brivl brivl brivl-emoji3 models/brivl-emoji3 "" --config configs/brivl-emoji.yaml \
         --config configs/brivl-emoji3.yaml --data.num_workers "$WORKERS" ;;
+    teacher3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export brivl brivl altclip-teacher-en-emoji3 models/clip-emoji3-en "--langs en" \
+        --config configs/brivl-emoji.yaml --config configs/altclip-teacher-en.yaml \
+        --config configs/altclip-teacher-en-emoji3.yaml --data.num_workers "$WORKERS" ;;
+    distill3) EVAL_DATA=data/emoji-3 fit_export altclip altclip altclip-distill-emoji3 models/altclip-emoji3-distill "" \
+        --config configs/altclip-distill.yaml --config configs/altclip-distill-emoji3.yaml ;;
+    contrastive3) EVAL_DATA=data/emoji-3 fit_export altclip brivl altclip-contrastive-emoji3 models/altclip-emoji3 "" \
+        --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-emoji3.yaml \
+        --data.init_args.num_workers "$WORKERS" ;;
     heldout|heldout-aug) arms=("" -aug); [ "$stage" = heldout-aug ] && arms=(-aug)
       for arm in "${arms[@]}"; do
         cfgs=(--config configs/brivl-emoji.yaml --config configs/ablation/heldout-openmoji.yaml)
@@ -125,6 +139,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 teacher3 distill3 contrastive3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel diffusion)" >&2; exit 2 ;;
   esac
 done

@@ -133,3 +133,20 @@ def test_training_stream_keeps_only_the_view_styles(styled):
     assert {k.rsplit("-", 1)[-1] for k in seen if "-" in k} == {"twemoji"}
     n = len(load_view(styled, "train+style:noto+style:twemoji")[0])
     assert len(batches) == n // 4
+
+
+def test_parallel_text_reads_each_concept_once_in_any_number_of_styles(styled, emoji_small):
+    from altclip.data import cldr_pairs
+
+    samples, _ = load_view(styled, "train")
+    corpus = cldr_pairs(str(styled), "train")
+    concepts = {s["meta"]["id"] for s in samples}
+    assert len(samples) > len(concepts)  # several renders per concept
+    assert set(corpus.keys) == concepts  # keyed by the concept id, not the render
+    first = {}
+    for s in samples:
+        first.setdefault(s["meta"]["id"], s)
+    # each concept contributes exactly its names and keyword lists once: as many pairs as a one-style build
+    expected = sum(len(names) + bool((s["meta"].get("keywords") or {}).get(lang) and s["meta"]["keywords"].get("en"))
+                   for s in first.values() for lang, names in s["meta"]["captions"].items())
+    assert len(corpus.pairs) == expected
