@@ -37,6 +37,7 @@
 # On a 2-core CPU each image-text run takes about 2-4 s a step (brivl: about 4-5 h in all); a GPU is
 # picked up by accelerator: auto. Environment:
 #   PY=python (the interpreter)  WORKERS=1 (data workers)  EVAL=1 (write eval.json at export; 0 = skip)
+#   BEST=1 (also export the val-selected checkpoint, best-step=N.ckpt, to runs/export/<name>-step-N)
 #   EXTRA="..." (more LightningCLI arguments for every fit)  MAX_TIME=00:01:35:00 (one diffusion leg, DD:HH:MM:SS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,14 @@ fit_export() {
   # shellcheck disable=SC2086
   $PY -m "$exporter" export --ckpt "$v/checkpoints/last.ckpt" --config "$v/config.yaml" --out "$out" \
     "${eval_args[@]}" $export_args
+  # BEST=1: the val-selected checkpoint too (best-step=N.ckpt), for the ablation rows: runs/export/<name>-step-N
+  local best; best=$(ls "$v"/checkpoints/best-step=*.ckpt 2>/dev/null | head -1)
+  if [ "${BEST:-0}" = 1 ] && [ -n "$best" ]; then
+    local step=${best##*best-step=}; step=${step%.ckpt}
+    # shellcheck disable=SC2086
+    $PY -m "$exporter" export --ckpt "$best" --config "$v/config.yaml" --out "runs/export/$(basename "$out")-step-$step" \
+      "${eval_args[@]}" $export_args
+  fi
 }
 
 need_emoji3() {  # the three-style build with the concept-family split (README, issue 14)
