@@ -114,9 +114,9 @@ for stage in "$@"; do
     teacher3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export brivl brivl altclip-teacher-en-emoji3 models/clip-emoji3-en "--langs en" \
         --config configs/brivl-emoji.yaml --config configs/altclip-teacher-en.yaml \
         --config configs/altclip-teacher-en-emoji3.yaml --data.num_workers "$WORKERS" ;;
-    distill3) EVAL_DATA=data/emoji-3 fit_export altclip altclip altclip-distill-emoji3 models/altclip-emoji3-distill "" \
+    distill3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip altclip altclip-distill-emoji3 models/altclip-emoji3-distill "" \
         --config configs/altclip-distill.yaml --config configs/altclip-distill-emoji3.yaml ;;
-    contrastive3) EVAL_DATA=data/emoji-3 fit_export altclip brivl altclip-contrastive-emoji3 models/altclip-emoji3 "" \
+    contrastive3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip brivl altclip-contrastive-emoji3 models/altclip-emoji3 "" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-emoji3.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
     heldout|heldout-aug) arms=("" -aug); [ "$stage" = heldout-aug ] && arms=(-aug)

@@ -135,7 +135,7 @@ def test_training_stream_keeps_only_the_view_styles(styled):
     assert len(batches) == n // 4
 
 
-def test_parallel_text_reads_each_concept_once_in_any_number_of_styles(styled, emoji_small):
+def test_parallel_text_reads_each_concept_once_in_any_number_of_styles(styled):
     from altclip.data import cldr_pairs
 
     samples, _ = load_view(styled, "train")
