@@ -40,25 +40,27 @@ def cmd_export(a) -> None:
     export_model(load_system_checkpoint(a.ckpt, a.config, build), a)
 
 
-def ablation_table(teacher: dict, rows: dict[str, dict], langs: list[str], view: str = "closed") -> tuple[str, dict]:
-    """Markdown table of text->image R@1 per language (the teacher in English only) + AltCLIP's targets.
+def ablation_table(teacher: dict, rows: dict[str, dict], langs: list[str], view: str = "closed",
+                   metric: str = "R@1") -> tuple[str, dict]:
+    """Markdown table of text->image ``metric`` (R@1, R@5, R@10) per language (the teacher in English only) +
+    AltCLIP's targets.
 
     ``teacher`` / ``rows``: eval results (``brivl eval --json`` objects, ``eval.json`` entries)."""
-    en = teacher["languages"]["en"]["t2i"]["R@1"]
-    head = f"| {view} t2i R@1 | " + " | ".join(langs) + " | mean |"
+    en = teacher["languages"]["en"]["t2i"][metric]
+    head = f"| {view} t2i {metric} | " + " | ".join(langs) + " | mean |"
     lines = [head, "|" + "---|" * (len(langs) + 2), f"| English teacher (en only) | {en:.3f}" + " | " * len(langs) + "|"]
     means = {}
     for name, res in rows.items():
-        vals = [res["languages"][lang]["t2i"]["R@1"] for lang in langs]
+        vals = [res["languages"][lang]["t2i"][metric] for lang in langs]
         means[name] = sum(vals) / len(vals)
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {means[name]:.3f} |")
     checks = {"teacher_en": en, "means": means}
     names = list(rows)
     if len(names) >= 2:  # the tuned student (2nd row) vs 0.95 x teacher in every language; vs the last row
         tuned = rows[names[1]]
-        worst = min(langs, key=lambda lang: tuned["languages"][lang]["t2i"]["R@1"])
+        worst = min(langs, key=lambda lang: tuned["languages"][lang]["t2i"][metric])
         checks["worst_lang"] = worst
-        checks["worst_ratio"] = tuned["languages"][worst]["t2i"]["R@1"] / en if en else float("nan")
+        checks["worst_ratio"] = tuned["languages"][worst]["t2i"][metric] / en if en else float("nan")
         if len(names) >= 3:  # rows 3.. are baselines; the last is the one the +10 target is taken against
             checks["margins"] = {name: means[names[1]] - means[name] for name in names[2:]}
             checks["margin_over_last"] = checks["margins"][names[-1]]
@@ -75,18 +77,22 @@ def cmd_ablation(a) -> None:
         path = Path(folder) / "eval.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: export the model with --eval-data to write it")
-        return json.loads(path.read_text())[a.view]
+        views = json.loads(path.read_text())
+        if a.view not in views:
+            raise ValueError(f"{path} has no view {a.view!r}; it has: {' '.join(views)}")
+        return views[a.view]
 
     rows = dict(r.split("=", 1) for r in a.rows)
-    table, checks = ablation_table(load(a.teacher), {k: load(v) for k, v in rows.items()}, a.langs or list(M9), a.view)
+    table, checks = ablation_table(load(a.teacher), {k: load(v) for k, v in rows.items()}, a.langs or list(M9), a.view,
+                                   a.metric)
     print(table)
     if "worst_ratio" in checks:
         names = list(rows)
         print(f"\n{names[1]}: lowest language {checks['worst_lang']} = {checks['worst_ratio']:.3f} x the teacher's "
-              f"English R@1 {checks['teacher_en']:.3f} (target >= 0.95 in every language)")
+              f"English {a.metric} {checks['teacher_en']:.3f} (target >= 0.95 in every language)")
         for name, margin in checks.get("margins", {}).items():
             target = " (target >= +10)" if name == names[-1] else ""
-            print(f"{names[1]} - {name}: {100 * margin:+.1f} points mean R@1{target}")
+            print(f"{names[1]} - {name}: {100 * margin:+.1f} points mean {a.metric}{target}")
 
 
 def cmd_languages(a) -> None:
@@ -165,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teacher", required=True, help="English teacher folder (its en R@1 is the reference)")
     t.add_argument("--rows", nargs="+", required=True,
                    help="NAME=FOLDER in order: stage 1, stage 2, then baselines (the margin is printed against each; the target against the last)")
-    t.add_argument("--view", default="closed")
+    t.add_argument("--view", default="closed", help="an eval.json view: closed, test, style:NAME, test+style:NAME")
+    t.add_argument("--metric", default="R@1", choices=["R@1", "R@5", "R@10"], help="text->image recall to tabulate")
     t.add_argument("--langs", nargs="+", default=None)
     t.set_defaults(func=cmd_ablation)
     g = sub.add_parser("languages", help="per-language report of an all-language student (table, plot, targets)")

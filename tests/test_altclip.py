@@ -348,3 +348,29 @@ def test_ablation_table_checks_the_targets():
     stage2 = (0.8 + 0.78 + 0.6) / 3
     assert four["margins"] == pytest.approx({"scratch": stage2 - 0.1, "fair scratch": stage2 - 0.4})
     assert four["margin_over_last"] == pytest.approx(stage2 - 0.4)
+
+
+def test_ablation_table_tabulates_the_asked_recall_and_names_a_missing_view(tmp_path, capsys):
+    """issue 14: the held-out family target is on R@10 (``--metric``); a view the eval.json lacks is a one-line
+    error (exit 2) that lists the views it has."""
+    import json
+
+    from altclip.cli import ablation_table, main
+
+    def res(r1, r10):
+        return {"languages": {lang: {"t2i": {"R@1": r1, "R@10": r10}} for lang in ("en", "zh")}}
+
+    rows = {"stage 1": res(0.1, 0.3), "stage 2": res(0.2, 0.6), "scratch": res(0.1, 0.4)}
+    table, checks = ablation_table(res(0.3, 0.8), rows, ["en", "zh"], "test", "R@10")
+    assert table.splitlines()[0].startswith("| test t2i R@10 |")
+    assert checks["teacher_en"] == 0.8 and checks["margin_over_last"] == pytest.approx(0.2)
+    for name, r in [("teacher", res(0.3, 0.8)), ("s2", res(0.2, 0.6))]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"closed": r}))
+    argv = ["ablation", "--teacher", str(tmp_path / "teacher"), "--rows", f"a={tmp_path / 's2'}",
+            f"b={tmp_path / 's2'}", "--langs", "en", "zh"]
+    assert main(argv + ["--metric", "R@10"]) == 0
+    assert "English R@10 0.800" in capsys.readouterr().out
+    assert main(argv + ["--view", "test+style:openmoji"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("has no view 'test+style:openmoji'; it has: closed") and "Traceback" not in err
