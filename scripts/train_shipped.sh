@@ -31,6 +31,8 @@
 #                  (configs/ablation/negclip-swapsep.yaml) -> runs/export/negclip-swapsep
 #     negclip-parallel  the swap-separation arm plus the parallel-caption order term
 #                  (configs/ablation/negclip-parallel.yaml) -> runs/export/negclip-parallel
+#     negclip-parallel-low  the parallel arm at compose_p 0.1 for 900 steps (the same composites, 3x the singles)
+#                  (configs/ablation/negclip-parallel-low.yaml) -> runs/export/negclip-parallel-low
 #     diffusion    one leg of AltDiffusion (configs/altdiffusion-emoji-cpu.yaml, MAX_TIME long), resumed from
 #                  models/altdiffusion-emoji when it holds a resume state -> models/altdiffusion-emoji
 #                  (repeat it: each leg adds to the last; training_state.json counts steps and samples)
@@ -145,6 +147,11 @@ for stage in "$@"; do
         --config configs/brivl-emoji.yaml --config configs/ablation/negclip.yaml \
         --config configs/ablation/negclip-mirror.yaml --config configs/ablation/negclip-swapsep.yaml \
         --config configs/ablation/negclip-parallel.yaml --data.num_workers "$WORKERS" ;;
+    negclip-parallel-low) fit_export brivl brivl negclip-parallel-low runs/export/negclip-parallel-low "" \
+        --config configs/brivl-emoji.yaml --config configs/ablation/negclip.yaml \
+        --config configs/ablation/negclip-mirror.yaml --config configs/ablation/negclip-swapsep.yaml \
+        --config configs/ablation/negclip-parallel.yaml --config configs/ablation/negclip-parallel-low.yaml \
+        --data.num_workers "$WORKERS" ;;
     diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
       # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
       [ -f $state ] && resume=(--model.init_args.init_from models/altdiffusion-emoji \
@@ -152,6 +159,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 teacher3 distill3 contrastive3 scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 teacher3 distill3 contrastive3 scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low diffusion)" >&2; exit 2 ;;
   esac
 done
