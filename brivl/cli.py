@@ -175,10 +175,11 @@ def load_system_checkpoint(ckpt: str, config: str | None, build=None):
 
     ``build(hparams) -> DualTower`` makes the untrained model (default: ``create_model(model, tokenizer)``
     as in ``DualTowerSystem``); the checkpoint's ``model.clip.*`` tensors are then loaded, checked."""
-    from .model import _load_state_checked, create_model
+    from .model import _load_state_checked, create_model, weights_loaded_next
 
     state, hp = read_checkpoint(ckpt, config)
-    model = build(hp) if build else create_model(hp.get("model", "brivl-tiny"), tokenizer=hp.get("tokenizer"))
+    with weights_loaded_next():  # the checkpoint's weights are loaded below: open_clip's random-init note misleads
+        model = build(hp) if build else create_model(hp.get("model", "brivl-tiny"), tokenizer=hp.get("tokenizer"))
     sd = {k[len("model.clip."):]: v for k, v in state["state_dict"].items() if k.startswith("model.clip.")}
     own = model.clip.state_dict()
     sd.update({k: own[k] for k in own if k not in sd and k.endswith("position_ids")})  # non-persistent buffers

@@ -3,6 +3,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import tarfile
 from pathlib import Path
@@ -47,7 +48,7 @@ def _fit(tmp_path, data, *extra, steps=4, name="run"):
     return next((tmp_path / name).glob("version_*"))
 
 
-def test_fit_resume_export_eval(emoji_small, tmp_path, capsys):
+def test_fit_resume_export_eval(emoji_small, tmp_path, capsys, caplog):
     run = _fit(tmp_path, emoji_small)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.exists() and (run / "metrics.csv").exists() and (run / "loss_curve.png").exists()
@@ -57,7 +58,11 @@ def test_fit_resume_export_eval(emoji_small, tmp_path, capsys):
     run2 = _fit(tmp_path, emoji_small, "--ckpt_path", str(ckpt), steps=6, name="resumed")
     assert (run2 / "checkpoints" / "last.ckpt").exists()
     out = tmp_path / "model"
-    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--config", str(run / "config.yaml")]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--config", str(run / "config.yaml")]) == 0
+    # the checkpoint's weights replace the random init: open_clip's "Model initialized randomly" is not shown
+    assert not [r.getMessage() for r in caplog.records if "No pretrained weights" in r.getMessage()]
     assert {"open_clip_model.safetensors", "open_clip_config.json", "tokenizer.json", "config.yaml"} <= {
         p.name for p in out.iterdir()}
     capsys.readouterr()
