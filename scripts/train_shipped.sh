@@ -122,7 +122,7 @@ for stage in "$@"; do
     contrastive3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip brivl altclip-contrastive-emoji3 models/altclip-emoji3 "" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-emoji3.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
-    scratch-fair3) need_emoji3; [ -f models/clip-emoji3-en/config.json ] || { echo "no models/clip-emoji3-en: run teacher3 first" >&2; exit 1; }
+    scratch-fair3) need_emoji3; [ -f models/clip-emoji3-en/brivl.json ] || { echo "no models/clip-emoji3-en: run teacher3 first" >&2; exit 1; }
       EVAL_DATA=data/emoji-3 fit_export brivl brivl altclip-scratch-fair-emoji3 models/altclip-scratch-fair-emoji3 "" \
         --config configs/brivl-emoji.yaml --config configs/ablation/altclip-scratch-fair-emoji3.yaml --data.num_workers "$WORKERS" ;;
     heldout|heldout-aug) arms=("" -aug); [ "$stage" = heldout-aug ] && arms=(-aug)
