@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_export)
     sub.add_parser("models", help="list student text-tower configs").set_defaults(func=cmd_models)
     t = sub.add_parser("ablation", help="teacher-learning table from the models' eval.json")
-    t.add_argument("--teacher", required=True, help="English teacher folder (its en R@1 is the reference)")
+    t.add_argument("--teacher", required=True, help="English teacher folder (its en figure of --metric is the reference)")
     t.add_argument("--rows", nargs="+", required=True,
                    help="NAME=FOLDER in order: stage 1, stage 2, then baselines (the margin is printed against each; the target against the last)")
     t.add_argument("--view", default="closed", help="an eval.json view: closed, test, style:NAME, test+style:NAME")
