@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from .evaluate import concept_of, texts_by_language
+from .stats import percentile_ci, resample_counts
 
 
 @torch.no_grad()
@@ -48,15 +49,11 @@ def mean_recall(hits: dict[str, tuple[torch.Tensor, torch.Tensor]], weights: tor
 def paired_bootstrap(runs: dict[str, dict], n_concepts: int, n_boot: int = 1000, seed: int = 0) -> dict:
     """Mean R@k of every run with a 95% interval, and of every run minus the first, over the same resamples of
     ``n_concepts`` concepts (``runs``: name -> :func:`query_hits` output)."""
-    g = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, n_concepts, (n_boot, n_concepts), generator=g)  # (B, C) concepts drawn
-    weights = torch.zeros(n_boot, n_concepts).scatter_add_(1, draws, torch.ones(n_boot, n_concepts))
+    weights = resample_counts(n_concepts, n_boot, seed)  # (B, C): each concept's count in each resample
     ones = torch.ones(1, n_concepts)
-    lo, hi = int(0.025 * (n_boot - 1)), int(round(0.975 * (n_boot - 1)))
 
     def ci(v: torch.Tensor) -> list[float]:
-        s = v.sort().values
-        return [round(float(s[lo]), 4), round(float(s[hi]), 4)]
+        return [round(x, 4) for x in percentile_ci(v)]
 
     boots = {name: mean_recall(h, weights) for name, h in runs.items()}
     first = next(iter(runs))

@@ -25,6 +25,7 @@ import re
 import torch
 
 from .data.emoji import M9
+from .stats import bootstrap_ci
 
 CHANCE = {"text": 0.25, "image": 0.25, "group": 1 / 6}
 COLOURS = "red|orange|yellow|green|blue|purple|brown|black|white"
@@ -106,13 +107,6 @@ def relation_sample(a, b, names_a: dict, names_b: dict, langs: list[str], rng: r
         t = TEMPLATES[relation][lang]
         caps.append((t.format(a=names_a[lang], b=names_b[lang]), t.format(a=names_b[lang], b=names_a[lang]), lang))
     return image, caps, relation
-
-
-def _bootstrap(values: torch.Tensor, n: int = 1000, seed: int = 0) -> list[float]:
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(values), (n, len(values)), generator=g)
-    means = values.float()[idx].mean(1).sort().values
-    return [round(means[int(0.025 * n)].item(), 4), round(means[int(0.975 * n) - 1].item(), 4)]
 
 
 def relation_pairs(n_samples: int, n_relations: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -211,7 +205,7 @@ def evaluate_compositional(model, samples: list[dict], langs=M9, n_relations: in
             # and its two images (1.0: the image tower cannot tell A|B from B|A, so no caption can help)
             per_lang[lang]["image_cos"] = round((im[:, 0] * im[:, 1]).sum(-1).mean().item(), 6)
             per_lang[lang]["n"] = len(keep)
-            per_lang[lang]["group_ci95"] = _bootstrap(sc["group"])
+            per_lang[lang]["group_ci95"] = [round(x, 4) for x in bootstrap_ci(sc["group"])]
         if per_lang:
             mean_ = {k: round(sum(v[k] for v in per_lang.values()) / len(per_lang), 6 if k == "image_cos" else 4)
                      for k in (*CHANCE, "caption_cos", "image_cos")}

@@ -34,6 +34,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from brivl import stats
+from brivl.stats import bootstrap_ci
+
 KS = (1, 10)
 
 
@@ -88,14 +91,6 @@ def own_ranks(emb: torch.Tensor, gallery: torch.Tensor, own: torch.Tensor) -> to
     return (scores > scores[torch.arange(len(own)), own][:, None]).sum(1) + 1
 
 
-def bootstrap_ci(values: Sequence[float], stat, n_boot: int = 1000, seed: int = 0) -> list[float]:
-    """95% percentile bootstrap interval of ``stat(values)``, resampling the values with replacement."""
-    rng = random.Random(seed)
-    vals = list(values)
-    boots = sorted(stat([vals[rng.randrange(len(vals))] for _ in vals]) for _ in range(n_boot))
-    return [boots[int(0.025 * (n_boot - 1))], boots[int(round(0.975 * (n_boot - 1)))]]
-
-
 def rank_summary(ranks: Sequence[int], ks: Sequence[int] = KS, n_boot: int = 1000, seed: int = 0) -> dict:
     """R@k = fraction of ranks <= k, and the median rank, each with a 95% bootstrap interval over concepts."""
     ranks = [int(r) for r in ranks]
@@ -103,9 +98,9 @@ def rank_summary(ranks: Sequence[int], ks: Sequence[int] = KS, n_boot: int = 100
     for k in ks:
         hits = [float(r <= k) for r in ranks]
         out[f"R@{k}"] = sum(hits) / len(hits)
-        out[f"R@{k}_ci"] = bootstrap_ci(hits, lambda v: sum(v) / len(v), n_boot, seed)
+        out[f"R@{k}_ci"] = bootstrap_ci(hits, stats.mean, n_boot, seed)
     out["median_rank"] = float(statistics.median(ranks))
-    out["median_rank_ci"] = bootstrap_ci(ranks, statistics.median, n_boot, seed)
+    out["median_rank_ci"] = bootstrap_ci(ranks, stats.median, n_boot, seed)
     return out
 
 
@@ -253,7 +248,7 @@ def mean_pairwise_cos(x: torch.Tensor) -> float:
 
 def consistency_row(same: list[float], diff: list[float]) -> dict:
     return {"same_concept": statistics.fmean(same), "different_concepts": statistics.fmean(diff), "n": len(same),
-            "same_concept_ci": bootstrap_ci(same, statistics.fmean) if len(same) > 1 else [same[0], same[0]]}
+            "same_concept_ci": bootstrap_ci(same) if len(same) > 1 else [same[0], same[0]]}
 
 
 def format_generation_table(result: dict, copy: dict | None = None) -> str:
