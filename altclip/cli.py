@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brivl.cli import add_export_args, export_model, load_system_checkpoint, run_cli
+from brivl.cli import add_export_args, export_model, load_system_checkpoint, named_folder, run_cli
 
 
 def lightning_main(argv: list[str]) -> None:
@@ -82,7 +82,7 @@ def cmd_ablation(a) -> None:
             raise ValueError(f"{path} has no view {a.view!r}; it has: {' '.join(views)}")
         return views[a.view]
 
-    rows = dict(r.split("=", 1) for r in a.rows)
+    rows = dict(named_folder(r) for r in a.rows)
     table, checks = ablation_table(load(a.teacher), {k: load(v) for k, v in rows.items()}, a.langs or list(M9), a.view,
                                    a.metric)
     print(table)

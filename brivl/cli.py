@@ -338,6 +338,19 @@ def cmd_eval(a) -> None:
         print(format_table(res, f"{a.model} on {a.data} [{a.view}] ({res['n_images']} images)"))
 
 
+def named_folder(spec: str) -> tuple[str, str]:
+    """``NAME=FOLDER`` -> (name, folder); a bare ``FOLDER`` names itself. Either side may hold ``=`` (a run's
+    ``best-step=300`` folder, a row name "K=1024"): an existing path names itself, else the split is the
+    leftmost ``=`` after which an existing path follows, else the first ``=``."""
+    cuts = [i for i, ch in enumerate(spec) if ch == "="]
+    if not cuts or Path(spec).exists():
+        return spec, spec
+    for i in cuts:
+        if Path(spec[i + 1:]).exists():
+            return spec[:i], spec[i + 1:]
+    return spec[:cuts[0]], spec[cuts[0] + 1:]
+
+
 def cmd_views(a) -> None:
     """Every model on every view of a (multi-style) data folder: one table and the generalization targets."""
     from .data.datamodule import data_styles, load_manifest, load_view
@@ -345,7 +358,7 @@ def cmd_views(a) -> None:
     from .model import create_model
 
     views = a.views or eval_views(a.data)
-    rows = dict(r.split("=", 1) if "=" in r else (r, r) for r in a.models)
+    rows = dict(named_folder(r) for r in a.models)
     held = dict(h.split("=", 1) for h in a.held_out_style)
     unknown = [n for n in held if n not in rows]
     if unknown:
@@ -377,7 +390,7 @@ def cmd_compare(a) -> None:
     from .evaluate import concept_of
     from .model import create_model
 
-    rows = dict(r.split("=", 1) if "=" in r else (r, r) for r in a.models)
+    rows = dict(named_folder(r) for r in a.models)
     samples, _ = load_view(a.data, a.view)
     if not samples:
         raise CLIError(f"view {a.view!r} of {a.data} has no samples")

@@ -374,3 +374,17 @@ def test_ablation_table_tabulates_the_asked_recall_and_names_a_missing_view(tmp_
     assert main(argv + ["--view", "test+style:openmoji"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("has no view 'test+style:openmoji'; it has: closed") and "Traceback" not in err
+
+
+def test_row_names_and_folders_may_hold_an_equals_sign(tmp_path):
+    """``NAME=FOLDER`` rows (ablation, compare, views): the split keeps an existing folder whole, whether the
+    ``=`` is in the name ("K=1024") or in the folder (a run's ``best-step=300``)."""
+    from brivl.cli import named_folder
+
+    folder = tmp_path / "export" / "best-step=300"
+    folder.mkdir(parents=True)
+    assert named_folder(f"stage 1={folder}") == ("stage 1", str(folder))
+    assert named_folder(f"K=1024, m=0.99={tmp_path}") == ("K=1024, m=0.99", str(tmp_path))
+    assert named_folder(str(folder)) == (str(folder), str(folder))  # a bare folder names itself
+    assert named_folder("a=no/such/folder") == ("a", "no/such/folder")  # nothing exists: the first "=", and the
+    # command's "eval.json missing" error names the folder
