@@ -39,7 +39,8 @@ def resample_counts(n: int, n_boot: int = 1000, seed: int = 0) -> torch.Tensor:
     """``(B, n)``: how many times each item is drawn in each resample of :func:`bootstrap_draws` (the weights of a
     paired bootstrap, where several statistics are computed on the same resamples)."""
     draws = bootstrap_draws(n, n_boot, seed)
-    return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    ones = torch.ones_like(draws, dtype=torch.float64)
+    return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, draws, ones)
 
 
 def percentile_ci(boots: torch.Tensor | Sequence[float], level: float = 0.95) -> list[float]:

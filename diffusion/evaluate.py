@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 
 from brivl import stats
-from brivl.stats import bootstrap_ci
 
 KS = (1, 10)
 
@@ -98,9 +97,9 @@ def rank_summary(ranks: Sequence[int], ks: Sequence[int] = KS, n_boot: int = 100
     for k in ks:
         hits = [float(r <= k) for r in ranks]
         out[f"R@{k}"] = sum(hits) / len(hits)
-        out[f"R@{k}_ci"] = bootstrap_ci(hits, stats.mean, n_boot, seed)
+        out[f"R@{k}_ci"] = stats.bootstrap_ci(hits, stats.mean, n_boot, seed)
     out["median_rank"] = float(statistics.median(ranks))
-    out["median_rank_ci"] = bootstrap_ci(ranks, stats.median, n_boot, seed)
+    out["median_rank_ci"] = stats.bootstrap_ci(ranks, stats.median, n_boot, seed)
     return out
 
 
@@ -248,7 +247,7 @@ def mean_pairwise_cos(x: torch.Tensor) -> float:
 
 def consistency_row(same: list[float], diff: list[float]) -> dict:
     return {"same_concept": statistics.fmean(same), "different_concepts": statistics.fmean(diff), "n": len(same),
-            "same_concept_ci": bootstrap_ci(same) if len(same) > 1 else [same[0], same[0]]}
+            "same_concept_ci": stats.bootstrap_ci(same)}  # n = 1: the point itself
 
 
 def format_generation_table(result: dict, copy: dict | None = None) -> str:
