@@ -194,6 +194,7 @@ def export_model(model, a) -> None:
     from .data.emoji import M9
 
     model.info["name"] = Path(a.out).name
+    record_legs(model.info, a.out, a.config)
     langs = _langs(a.langs, a.eval_data or DEFAULT_DATA)  # 'all': every covered language of the data
     if langs:
         model.info["languages"] = langs
@@ -218,6 +219,23 @@ def export_model(model, a) -> None:
 
         print(format_compositional(res, f"view: {v}") if v.startswith("compositional") else
               format_table(res, f"view: {v}"))
+
+
+def record_legs(info: dict, out: str, config: str | None) -> None:
+    """A warm restart that exports over the folder it started from (``student: OUT``) keeps the earlier legs'
+    provenance: ``info["legs"]`` lists every leg's ``trained_with`` (the first leg's own base model and tokenizer
+    included) and its config, oldest first, so the self-reference does not erase where the weights came from."""
+    trained = info.get("trained_with") or {}
+    prev_file = Path(out) / "brivl.json"
+    here = {os.path.normpath(out), os.path.abspath(out)}
+    if not prev_file.exists() or not any(isinstance(v, str) and os.path.normpath(v) in here
+                                         for v in trained.values()):
+        return  # a fresh run (or one that starts elsewhere): its trained_with is the whole story
+    prev = json.loads(prev_file.read_text())
+    prev_cfg = Path(out) / "config.yaml"
+    legs = prev.get("legs") or [{"trained_with": prev.get("trained_with", {}),
+                                 "config": prev_cfg.read_text() if prev_cfg.exists() else None}]
+    info["legs"] = [*legs, {"trained_with": trained, "config": Path(config).read_text() if config else None}]
 
 
 def eval_views(data: str) -> list[str]:

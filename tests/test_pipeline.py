@@ -185,3 +185,32 @@ def test_bad_inputs_give_one_line_errors(emoji_small, tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err
     assert main(["export", "--ckpt", str(tmp_path / "x.ckpt"), "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_export_over_its_own_start_keeps_every_legs_provenance(tmp_path):
+    """A warm restart exported over the folder it started from must not erase leg 1's base model and tokenizer."""
+    import json
+
+    from brivl.cli import record_legs
+
+    out = tmp_path / "student"
+    out.mkdir()
+    leg1 = {"student": "altclip-xlmr-tiny", "tokenizer": "data/emoji/tokenizer-all", "lr": 0.002}
+    (out / "brivl.json").write_text(json.dumps({"trained_with": leg1}))
+    (out / "config.yaml").write_text("trainer:\n  max_steps: 10\n")
+    cfg2 = tmp_path / "config.yaml"
+    cfg2.write_text("trainer:\n  max_steps: 20\n")
+    leg2 = {"student": str(out), "tokenizer": str(out), "lr": 0.001}
+    info = {"trained_with": leg2}
+    record_legs(info, str(out), str(cfg2))
+    assert [leg["trained_with"] for leg in info["legs"]] == [leg1, leg2]
+    assert "max_steps: 10" in info["legs"][0]["config"] and "max_steps: 20" in info["legs"][1]["config"]
+
+    (out / "brivl.json").write_text(json.dumps(info))  # leg 3 appends to the record
+    info3 = {"trained_with": {**leg2, "lr": 0.0005}}
+    record_legs(info3, str(out), None)
+    assert [leg["trained_with"]["lr"] for leg in info3["legs"]] == [0.002, 0.001, 0.0005]
+
+    fresh = {"trained_with": {"student": "altclip-xlmr-tiny"}}  # a run that starts elsewhere: no legs
+    record_legs(fresh, str(out), str(cfg2))
+    assert "legs" not in fresh
