@@ -19,6 +19,8 @@
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
 #     teacher3 distill3 contrastive3  the AltCLIP pipeline on the three-style data (configs/altclip-*-emoji3.yaml)
 #                  -> models/clip-emoji3-en, models/altclip-emoji3-distill, models/altclip-emoji3
+#     distill3-more  one more stage-1 leg (10000 steps, warm restart) from models/altclip-emoji3-distill
+#                  -> models/altclip-emoji3-distill (then contrastive3 again)
 #     scratch-fair3  its fair baseline (configs/ablation/altclip-scratch-fair-emoji3.yaml) -> models/altclip-scratch-fair-emoji3
 #     heldout      the held-out style ablation: noto+twemoji only, without and with style augmentations
 #                  (configs/ablation/heldout-openmoji*.yaml) -> runs/export/heldout-openmoji{,-aug}
@@ -119,6 +121,10 @@ for stage in "$@"; do
         --config configs/altclip-teacher-en-emoji3.yaml --data.num_workers "$WORKERS" ;;
     distill3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip altclip altclip-distill-emoji3 models/altclip-emoji3-distill "" \
         --config configs/altclip-distill.yaml --config configs/altclip-distill-emoji3.yaml ;;
+    distill3-more) need_emoji3; [ -f models/altclip-emoji3-distill/config.json ] || { echo "no models/altclip-emoji3-distill: run distill3 first" >&2; exit 1; }
+      EVAL_DATA=data/emoji-3 fit_export altclip altclip altclip-distill-emoji3 models/altclip-emoji3-distill "" \
+        --config configs/altclip-distill.yaml --config configs/altclip-distill-emoji3.yaml \
+        --model.init_args.student models/altclip-emoji3-distill --model.init_args.tokenizer models/altclip-emoji3-distill ;;
     contrastive3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip brivl altclip-contrastive-emoji3 models/altclip-emoji3 "" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-emoji3.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
@@ -159,6 +165,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 teacher3 distill3 contrastive3 scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 teacher3 distill3 distill3-more contrastive3 scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low diffusion)" >&2; exit 2 ;;
   esac
 done
