@@ -21,6 +21,8 @@
 #                  -> models/clip-emoji3-en, models/altclip-emoji3-distill, models/altclip-emoji3
 #     distill3-more  one more stage-1 leg (10000 steps, warm restart) from models/altclip-emoji3-distill
 #                  -> models/altclip-emoji3-distill (then contrastive3 again)
+#     contrastive3-unlocked  stage 2 with the image tower trained too (configs/ablation/altclip-contrastive-emoji3-unlocked.yaml)
+#                  -> runs/export/altclip-emoji3-unlocked
 #     scratch-fair3  its fair baseline (configs/ablation/altclip-scratch-fair-emoji3.yaml) -> models/altclip-scratch-fair-emoji3
 #     heldout      the held-out style ablation: noto+twemoji only, without and with style augmentations
 #                  (configs/ablation/heldout-openmoji*.yaml) -> runs/export/heldout-openmoji{,-aug}
@@ -128,6 +130,10 @@ for stage in "$@"; do
     contrastive3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip brivl altclip-contrastive-emoji3 models/altclip-emoji3 "" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-emoji3.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
+    contrastive3-unlocked) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip brivl altclip-contrastive-emoji3-unlocked \
+        runs/export/altclip-emoji3-unlocked "" --config configs/altclip-contrastive.yaml \
+        --config configs/altclip-contrastive-emoji3.yaml --config configs/ablation/altclip-contrastive-emoji3-unlocked.yaml \
+        --data.init_args.num_workers "$WORKERS" ;;
     scratch-fair3) need_emoji3; [ -f models/clip-emoji3-en/brivl.json ] || { echo "no models/clip-emoji3-en: run teacher3 first" >&2; exit 1; }
       EVAL_DATA=data/emoji-3 fit_export brivl brivl altclip-scratch-fair-emoji3 models/altclip-scratch-fair-emoji3 "" \
         --config configs/brivl-emoji.yaml --config configs/ablation/altclip-scratch-fair-emoji3.yaml --data.num_workers "$WORKERS" ;;
@@ -165,6 +171,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 teacher3 distill3 distill3-more contrastive3 scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low diffusion)" >&2; exit 2 ;;
   esac
 done
