@@ -78,6 +78,11 @@ fit_export() {
   fi
 }
 
+warm_restart() {  # WARM=(...): the next stage-1 leg starts from the exported student FOLDER (weights, tokenizer)
+  [ -f "$1/config.json" ] || { echo "no $1: run $2 first" >&2; exit 1; }
+  WARM=(--model.init_args.student "$1" --model.init_args.tokenizer "$1")
+}
+
 need_emoji3() {  # the three-style build with the concept-family split (README, issue 14)
   [ -f data/emoji-3/manifest.json ] || $PY -m brivl data emoji --out data/emoji-3 \
     --styles noto twemoji openmoji --split-by family
@@ -108,10 +113,9 @@ for stage in "$@"; do
         $PY -m brivl tokenizer --data data/emoji --langs all --vocab-size 16000 --out data/emoji/tokenizer-all
       fit_export altclip altclip altclip-distill-all models/altclip-emoji-all-distill "--langs all" \
         --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml ;;
-    distill-all-more) [ -f models/altclip-emoji-all-distill/config.json ] || { echo "no models/altclip-emoji-all-distill: run distill-all first" >&2; exit 1; }
+    distill-all-more) warm_restart models/altclip-emoji-all-distill distill-all
       fit_export altclip altclip altclip-distill-all models/altclip-emoji-all-distill "--langs all" \
-        --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml \
-        --model.init_args.student models/altclip-emoji-all-distill --model.init_args.tokenizer models/altclip-emoji-all-distill ;;
+        --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml "${WARM[@]}" ;;
     contrastive-all) fit_export altclip brivl altclip-contrastive-all models/altclip-emoji-all "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
@@ -123,10 +127,9 @@ for stage in "$@"; do
         --config configs/altclip-teacher-en-emoji3.yaml --data.num_workers "$WORKERS" ;;
     distill3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip altclip altclip-distill-emoji3 models/altclip-emoji3-distill "" \
         --config configs/altclip-distill.yaml --config configs/altclip-distill-emoji3.yaml ;;
-    distill3-more) need_emoji3; [ -f models/altclip-emoji3-distill/config.json ] || { echo "no models/altclip-emoji3-distill: run distill3 first" >&2; exit 1; }
+    distill3-more) need_emoji3; warm_restart models/altclip-emoji3-distill distill3
       EVAL_DATA=data/emoji-3 fit_export altclip altclip altclip-distill-emoji3 models/altclip-emoji3-distill "" \
-        --config configs/altclip-distill.yaml --config configs/altclip-distill-emoji3.yaml \
-        --model.init_args.student models/altclip-emoji3-distill --model.init_args.tokenizer models/altclip-emoji3-distill ;;
+        --config configs/altclip-distill.yaml --config configs/altclip-distill-emoji3.yaml "${WARM[@]}" ;;
     contrastive3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export altclip brivl altclip-contrastive-emoji3 models/altclip-emoji3 "" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-emoji3.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
