@@ -17,6 +17,8 @@
 #                  -> models/altclip-emoji-all-distill (repeat it; run contrastive-all after the last leg)
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
+#     brivl3-more  + configs/brivl-emoji3-continue.yaml: 1500 more steps from models/brivl-emoji3 (warm restart),
+#                  exported over it (brivl.json lists both legs)
 #     teacher3 distill3 contrastive3  the AltCLIP pipeline on the three-style data (configs/altclip-*-emoji3.yaml)
 #                  -> models/clip-emoji3-en, models/altclip-emoji3-distill, models/altclip-emoji3
 #     distill3-more  one more stage-1 leg (10000 steps, warm restart) from models/altclip-emoji3-distill
@@ -122,6 +124,9 @@ for stage in "$@"; do
     brivl3) need_emoji3
       EVAL_DATA=data/emoji-3 fit_export brivl brivl brivl-emoji3 models/brivl-emoji3 "" --config configs/brivl-emoji.yaml \
         --config configs/brivl-emoji3.yaml --data.num_workers "$WORKERS" ;;
+    brivl3-more) need_emoji3; [ -f models/brivl-emoji3/brivl.json ] || { echo "no models/brivl-emoji3: run brivl3 first" >&2; exit 1; }
+      EVAL_DATA=data/emoji-3 fit_export brivl brivl brivl-emoji3-continue models/brivl-emoji3 "" --config configs/brivl-emoji.yaml \
+        --config configs/brivl-emoji3.yaml --config configs/brivl-emoji3-continue.yaml --data.num_workers "$WORKERS" ;;
     teacher3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export brivl brivl altclip-teacher-en-emoji3 models/clip-emoji3-en "--langs en" \
         --config configs/brivl-emoji.yaml --config configs/altclip-teacher-en.yaml \
         --config configs/altclip-teacher-en-emoji3.yaml --data.num_workers "$WORKERS" ;;
@@ -174,6 +179,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low diffusion)" >&2; exit 2 ;;
   esac
 done
