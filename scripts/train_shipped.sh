@@ -39,6 +39,8 @@
 #                  (configs/ablation/negclip-parallel.yaml) -> runs/export/negclip-parallel
 #     negclip-parallel-low  the parallel arm at compose_p 0.1 for 900 steps (the same composites, 3x the singles)
 #                  (configs/ablation/negclip-parallel-low.yaml) -> runs/export/negclip-parallel-low
+#     negclip-parallel-p05  the same at compose_p 0.05 (configs/ablation/negclip-parallel-p05.yaml)
+#                  -> runs/export/negclip-parallel-p05
 #     diffusion    one leg of AltDiffusion (configs/altdiffusion-emoji-cpu.yaml, MAX_TIME long), resumed from
 #                  models/altdiffusion-emoji when it holds a resume state -> models/altdiffusion-emoji
 #                  (repeat it: each leg adds to the last; training_state.json counts steps and samples)
@@ -167,11 +169,12 @@ for stage in "$@"; do
         --config configs/brivl-emoji.yaml --config configs/ablation/negclip.yaml \
         --config configs/ablation/negclip-mirror.yaml --config configs/ablation/negclip-swapsep.yaml \
         --config configs/ablation/negclip-parallel.yaml --data.num_workers "$WORKERS" ;;
-    negclip-parallel-low) fit_export brivl brivl negclip-parallel-low runs/export/negclip-parallel-low "" \
+    negclip-parallel-low|negclip-parallel-p05) low=(--config configs/ablation/negclip-parallel-low.yaml)
+      [ "$stage" = negclip-parallel-p05 ] && low+=(--config configs/ablation/negclip-parallel-p05.yaml)
+      fit_export brivl brivl "$stage" "runs/export/$stage" "" \
         --config configs/brivl-emoji.yaml --config configs/ablation/negclip.yaml \
         --config configs/ablation/negclip-mirror.yaml --config configs/ablation/negclip-swapsep.yaml \
-        --config configs/ablation/negclip-parallel.yaml --config configs/ablation/negclip-parallel-low.yaml \
-        --data.num_workers "$WORKERS" ;;
+        --config configs/ablation/negclip-parallel.yaml "${low[@]}" --data.num_workers "$WORKERS" ;;
     diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
       # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
       [ -f $state ] && resume=(--model.init_args.init_from models/altdiffusion-emoji \
@@ -179,6 +182,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 diffusion)" >&2; exit 2 ;;
   esac
 done
