@@ -31,6 +31,8 @@
 #     heldout-aug  its second arm alone (with style augmentations)
 #     negclip      the NegCLIP ablation: 300 more steps of models/brivl-emoji with and without composed items and
 #                  hard negatives (configs/ablation/negclip*.yaml) -> runs/export/negclip{,-control}
+#     negclip-control-900  the control (no composites) for 900 steps, like-for-like with the 900-step arms
+#                  (configs/ablation/negclip-control-900.yaml) -> runs/export/negclip-control-900
 #     negclip-mirror  the same with each composite's mirror in its batch (hard negative images too)
 #                  (configs/ablation/negclip-mirror.yaml) -> runs/export/negclip-mirror
 #     negclip-swapsep  the mirror arm plus a swap-separation hinge on captions and images
@@ -159,6 +161,9 @@ for stage in "$@"; do
         [ -n "$arm" ] && cfgs+=(--config configs/ablation/negclip-control.yaml)
         fit_export brivl brivl "negclip$arm" "runs/export/negclip$arm" "" "${cfgs[@]}" --data.num_workers "$WORKERS"
       done ;;
+    negclip-control-900) fit_export brivl brivl negclip-control-900 runs/export/negclip-control-900 "" \
+        --config configs/brivl-emoji.yaml --config configs/ablation/negclip.yaml --config configs/ablation/negclip-control.yaml \
+        --config configs/ablation/negclip-control-900.yaml --data.num_workers "$WORKERS" ;;
     negclip-mirror) fit_export brivl brivl negclip-mirror runs/export/negclip-mirror "" --config configs/brivl-emoji.yaml \
         --config configs/ablation/negclip.yaml --config configs/ablation/negclip-mirror.yaml --data.num_workers "$WORKERS" ;;
     negclip-swapsep) fit_export brivl brivl negclip-swapsep runs/export/negclip-swapsep "" \
@@ -182,6 +187,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 diffusion)" >&2; exit 2 ;;
   esac
 done
