@@ -252,6 +252,21 @@ def cmd_export(a) -> None:
     export_model(load_system_checkpoint(a.ckpt, a.config), a)
 
 
+def cmd_wise_ft(a) -> None:
+    """A WiSE-FT point between a model folder and its fine-tuned continuation, exported like a checkpoint."""
+    from .wise_ft import wise_ft
+
+    for folder in (a.zero_shot, a.fine_tuned):
+        if not (Path(folder) / "brivl.json").exists():
+            raise CLIError(f"{folder} is not a model folder (no brivl.json): give two `brivl export` folders")
+    try:
+        model = wise_ft(a.zero_shot, a.fine_tuned, a.alpha)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    a.ckpt, a.config = f"WiSE-FT alpha {a.alpha} of {a.zero_shot} -> {a.fine_tuned}", None
+    export_model(model, a)
+
+
 def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "",
              loaded: tuple[list[dict], object] | None = None, zeroshot: bool = True) -> dict:
     """Evaluate ``model`` on a view; ``loaded`` = (samples, stats) from ``load_view`` when already in memory."""
@@ -505,6 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_args(sub.add_parser("export", help="Lightning checkpoint -> model folder (safetensors + config + "
                                               "tokenizer)")).set_defaults(func=cmd_export)
+
+    w = sub.add_parser("wise-ft", help="weight-space ensemble (WiSE-FT) of a model folder and its fine-tuned "
+                                       "continuation, exported with its eval.json")
+    w.add_argument("--zero-shot", required=True, help="the starting model folder (alpha 0)")
+    w.add_argument("--fine-tuned", required=True, help="its continuation (alpha 1)")
+    w.add_argument("--alpha", type=float, required=True, help="0..1: how far along the path from one to the other")
+    w.add_argument("--out", required=True)
+    w.add_argument("--eval-data", default=None, help="evaluate on this data folder and write eval.json")
+    w.add_argument("--langs", nargs="+", default=None)
+    w.set_defaults(func=cmd_wise_ft)
 
     v = sub.add_parser("eval", help="per-language retrieval R@1/5/10 and zero-shot accuracy")
     v.add_argument("--model", default=DEFAULT_MODEL, help="model folder or config name")
