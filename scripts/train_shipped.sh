@@ -43,6 +43,8 @@
 #                  (configs/ablation/negclip-parallel-low.yaml) -> runs/export/negclip-parallel-low
 #     negclip-parallel-p05  the same at compose_p 0.05 (configs/ablation/negclip-parallel-p05.yaml)
 #                  -> runs/export/negclip-parallel-p05
+#     negclip-wise  WiSE-FT (brivl wise-ft) between models/brivl-emoji and the low-share arm at alpha 0.25 / 0.5 /
+#                  0.75 -> runs/export/negclip-parallel-low-wise-ALPHA (no training; needs negclip-parallel-low)
 #     diffusion    one leg of AltDiffusion (configs/altdiffusion-emoji-cpu.yaml, MAX_TIME long), resumed from
 #                  models/altdiffusion-emoji when it holds a resume state -> models/altdiffusion-emoji
 #                  (repeat it: each leg adds to the last; training_state.json counts steps and samples)
@@ -180,6 +182,12 @@ for stage in "$@"; do
         --config configs/brivl-emoji.yaml --config configs/ablation/negclip.yaml \
         --config configs/ablation/negclip-mirror.yaml --config configs/ablation/negclip-swapsep.yaml \
         --config configs/ablation/negclip-parallel.yaml "${low[@]}" --data.num_workers "$WORKERS" ;;
+    negclip-wise) [ -f runs/export/negclip-parallel-low/brivl.json ] || \
+        { echo "no runs/export/negclip-parallel-low: run negclip-parallel-low first" >&2; exit 1; }
+      for a in 0.25 0.5 0.75; do  # WiSE-FT points between the shipped model and the low-share arm
+        $PY -m brivl wise-ft --zero-shot models/brivl-emoji --fine-tuned runs/export/negclip-parallel-low \
+          --alpha $a --out "runs/export/negclip-parallel-low-wise-$a" --eval-data data/emoji
+      done ;;
     diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
       # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
       [ -f $state ] && resume=(--model.init_args.init_from models/altdiffusion-emoji \
@@ -187,6 +195,6 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 diffusion)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion)" >&2; exit 2 ;;
   esac
 done
