@@ -185,8 +185,12 @@ for stage in "$@"; do
     negclip-wise) [ -f runs/export/negclip-parallel-low/brivl.json ] || \
         { echo "no runs/export/negclip-parallel-low: run negclip-parallel-low first" >&2; exit 1; }
       for a in 0.25 0.5 0.75; do  # WiSE-FT points between the shipped model and the low-share arm
+        out="runs/export/negclip-parallel-low-wise-$a"
         $PY -m brivl wise-ft --zero-shot models/brivl-emoji --fine-tuned runs/export/negclip-parallel-low \
-          --alpha $a --out "runs/export/negclip-parallel-low-wise-$a" --eval-data data/emoji
+          --alpha $a --out "$out" --eval-data data/emoji
+        # what the pick reads (README: the highest val relation score within 2 points of the shipped val R@1)
+        $PY -m brivl eval --model "$out" --view val --json --no-zeroshot > "$out/val.json"
+        $PY -m brivl compositional --model "$out" --split val --json > "$out/compositional-val.json"
       done ;;
     diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
       # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
