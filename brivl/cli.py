@@ -188,20 +188,22 @@ def load_system_checkpoint(ckpt: str, config: str | None, build=None):
     return model
 
 
-def export_model(model, a) -> None:
-    """Write ``model`` to ``a.out`` with the run's config, loss curve and eval.json (:func:`eval_views`, and the
-    compositional tier on closed and test)."""
+def export_model(model, a, source: str | None = None) -> None:
+    """Write ``model`` to ``a.out`` with the run's config (``a.config``, if any), loss curve and eval.json
+    (:func:`eval_views`, and the compositional tier on closed and test); ``source`` names where the weights came
+    from in the closing line (default: ``a.ckpt``)."""
     from .data.emoji import M9
 
     model.info["name"] = Path(a.out).name
-    record_legs(model.info, a.out, a.config)
+    config = getattr(a, "config", None)  # `brivl wise-ft` has no run config
+    record_legs(model.info, a.out, config)
     langs = _langs(a.langs, a.eval_data or DEFAULT_DATA)  # 'all': every covered language of the data
     if langs:
         model.info["languages"] = langs
     extra = {}
-    if a.config:
-        extra["config.yaml"] = Path(a.config).read_text()
-        curve = Path(a.config).with_name("loss_curve.png")  # the run's loss curve travels with the model
+    if config:
+        extra["config.yaml"] = Path(config).read_text()
+        curve = Path(config).with_name("loss_curve.png")  # the run's loss curve travels with the model
         if curve.exists():
             extra["loss_curve.png"] = curve.read_bytes()
     if a.eval_data:
@@ -212,7 +214,7 @@ def export_model(model, a) -> None:
                 extra["eval.json"][compositional_key(split)] = run_compositional(model, a.eval_data, split, langs,
                                                                                  name=a.out)
     out = model.save_pretrained(a.out, extra)
-    print(f"exported {a.ckpt} -> {out}")
+    print(f"exported {source or a.ckpt} -> {out}")
     for v, res in extra.get("eval.json", {}).items():
         from .compositional import format_compositional
         from .evaluate import format_table
@@ -263,8 +265,7 @@ def cmd_wise_ft(a) -> None:
         model = wise_ft(a.zero_shot, a.fine_tuned, a.alpha)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    a.ckpt, a.config = f"WiSE-FT alpha {a.alpha} of {a.zero_shot} -> {a.fine_tuned}", None
-    export_model(model, a)
+    export_model(model, a, source=f"WiSE-FT alpha {a.alpha} of {a.zero_shot} -> {a.fine_tuned}")
 
 
 def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "",

@@ -86,8 +86,12 @@ fit_export() {
   fi
 }
 
+need() {  # need FOLDER FILE STAGE: a stage that starts from another stage's output says which one to run first
+  [ -f "$1/$2" ] || { echo "no $1: run $3 first" >&2; exit 1; }
+}
+
 warm_restart() {  # WARM=(...): the next stage-1 leg starts from the exported student FOLDER (weights, tokenizer)
-  [ -f "$1/config.json" ] || { echo "no $1: run $2 first" >&2; exit 1; }
+  need "$1" config.json "$2"
   WARM=(--model.init_args.student "$1" --model.init_args.tokenizer "$1")
 }
 
@@ -130,7 +134,7 @@ for stage in "$@"; do
     brivl3) need_emoji3
       EVAL_DATA=data/emoji-3 fit_export brivl brivl brivl-emoji3 models/brivl-emoji3 "" --config configs/brivl-emoji.yaml \
         --config configs/brivl-emoji3.yaml --data.num_workers "$WORKERS" ;;
-    brivl3-more) need_emoji3; [ -f models/brivl-emoji3/brivl.json ] || { echo "no models/brivl-emoji3: run brivl3 first" >&2; exit 1; }
+    brivl3-more) need_emoji3; need models/brivl-emoji3 brivl.json brivl3
       EVAL_DATA=data/emoji-3 fit_export brivl brivl brivl-emoji3-continue models/brivl-emoji3 "" --config configs/brivl-emoji.yaml \
         --config configs/brivl-emoji3.yaml --config configs/brivl-emoji3-continue.yaml --data.num_workers "$WORKERS" ;;
     teacher3) need_emoji3; EVAL_DATA=data/emoji-3 fit_export brivl brivl altclip-teacher-en-emoji3 models/clip-emoji3-en "--langs en" \
@@ -148,7 +152,7 @@ for stage in "$@"; do
         runs/export/altclip-emoji3-unlocked "" --config configs/altclip-contrastive.yaml \
         --config configs/altclip-contrastive-emoji3.yaml --config configs/ablation/altclip-contrastive-emoji3-unlocked.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
-    scratch-fair3) need_emoji3; [ -f models/clip-emoji3-en/brivl.json ] || { echo "no models/clip-emoji3-en: run teacher3 first" >&2; exit 1; }
+    scratch-fair3) need_emoji3; need models/clip-emoji3-en brivl.json teacher3
       EVAL_DATA=data/emoji-3 fit_export brivl brivl altclip-scratch-fair-emoji3 models/altclip-scratch-fair-emoji3 "" \
         --config configs/brivl-emoji.yaml --config configs/ablation/altclip-scratch-fair-emoji3.yaml --data.num_workers "$WORKERS" ;;
     heldout|heldout-aug) arms=("" -aug); [ "$stage" = heldout-aug ] && arms=(-aug)
@@ -182,8 +186,7 @@ for stage in "$@"; do
         --config configs/brivl-emoji.yaml --config configs/ablation/negclip.yaml \
         --config configs/ablation/negclip-mirror.yaml --config configs/ablation/negclip-swapsep.yaml \
         --config configs/ablation/negclip-parallel.yaml "${low[@]}" --data.num_workers "$WORKERS" ;;
-    negclip-wise) [ -f runs/export/negclip-parallel-low/brivl.json ] || \
-        { echo "no runs/export/negclip-parallel-low: run negclip-parallel-low first" >&2; exit 1; }
+    negclip-wise) need runs/export/negclip-parallel-low brivl.json negclip-parallel-low
       for a in 0.25 0.5 0.75; do  # WiSE-FT points between the shipped model and the low-share arm
         out="runs/export/negclip-parallel-low-wise-$a"
         $PY -m brivl wise-ft --zero-shot models/brivl-emoji --fine-tuned runs/export/negclip-parallel-low \
