@@ -21,7 +21,9 @@ def test_every_arm_has_a_config_that_differs_only_in_loss_queue_or_batch():
         assert set(cfg["model"]) <= {"loss", "queue_size", "momentum", "mask_same_concept", "learn_temperature"}, arm
         assert set(cfg.get("data", {})) <= {"batch_size"}, arm
         assert cfg["trainer"]["logger"]["init_args"]["name"] == f"queue-{arm}"
-        if "steps" in arm or arm.startswith("b32"):
+        if arm.endswith("-9k"):  # the long protocol: the headline pair, same steps for both
+            assert cfg["trainer"]["max_steps"] == 9000, arm
+        elif "steps" in arm or arm.startswith("b32"):
             assert "max_steps" not in cfg["trainer"]  # the protocol's step count
     samples = yaml.safe_load(open(REPO / "configs" / "ablation" / "queue-b256-samples.yaml"))
     assert samples["trainer"]["max_steps"] * 256 == protocol["trainer"]["max_steps"] * protocol["data"]["batch_size"]
