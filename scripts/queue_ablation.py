@@ -50,6 +50,16 @@ def val_curve(metrics_csv: Path) -> list[tuple[int, float]]:
             if r.get("val/t2i_R@1") not in ("", None)]
 
 
+def plateau(curve: list[tuple[int, float]], frac: float = 0.25) -> tuple[float, float]:
+    """Mean val R@1 over the last `frac` of the steps and over the `frac` before it: equal means = a flat curve."""
+    last = curve[-1][0]
+    late = [v for s, v in curve if s > last * (1 - frac)]
+    before = [v for s, v in curve if last * (1 - 2 * frac) < s <= last * (1 - frac)]
+    if not late or not before:
+        raise ValueError(f"a curve of {len(curve)} points has no two quarters to compare")
+    return statistics.fmean(late), statistics.fmean(before)
+
+
 def run_arm(arm: str, seed: int) -> Path:
     out = RESULTS / f"{arm}-s{seed}.json"
     if out.exists():
@@ -120,18 +130,20 @@ def _fmt(xs: list[float]) -> str:
 
 def table(by_arm: dict[str, list[dict]]) -> str:
     head = ("| arm | loss | batch | K | m | steps | samples | seeds | closed t2i R@1 | closed t2i R@10 "
-            "| held-out t2i R@1 | held-out t2i R@10 | best val R@1 (step) |")
-    lines = [head, "|" + "---|" * 13]
+            "| held-out t2i R@1 | held-out t2i R@10 | best val R@1 (step) | val R@1: last quarter / quarter before |")
+    lines = [head, "|" + "---|" * 14]
     for arm in [a for a in ARMS if a in by_arm] + sorted(set(by_arm) - set(ARMS)):
         rs = by_arm[arm]
         r0 = rs[0]
         col = lambda v, k: _fmt([r["views"][v][k] for r in rs])  # noqa: E731
         best = [max(r["val_curve"], key=lambda sv: sv[1]) for r in rs if r["val_curve"]]
         best_s = ", ".join(f"{v:.3f} ({s})" for s, v in best)
+        flat = [plateau(r["val_curve"]) for r in rs if len(r["val_curve"]) >= 4]
+        flat_s = ", ".join(f"{a:.3f} / {b:.3f}" for a, b in flat)
         lines.append(f"| {arm} | {r0['loss']} | {r0['batch_size']} | {r0['queue_size'] or '-'} | "
                      f"{r0['momentum'] or '-'} | {r0['steps']} | {r0['samples']} | {len(rs)} | "
                      f"{col('closed', 't2i_R@1')} | {col('closed', 't2i_R@10')} | {col('test', 't2i_R@1')} | "
-                     f"{col('test', 't2i_R@10')} | {best_s} |")
+                     f"{col('test', 't2i_R@10')} | {best_s} | {flat_s} |")
     n_closed = next(iter(by_arm.values()))[0]["views"]["closed"]["n_images"] if by_arm else None
     lines.append("")
     langs = " ".join(next(iter(by_arm.values()))[0].get("langs") or []) if by_arm else ""
@@ -140,7 +152,14 @@ def table(by_arm: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def plot(by_arm: dict[str, list[dict]], out: Path) -> None:
+def rolling_mean(v: list[float], w: int) -> list[float]:
+    """Trailing mean over up to `w` points (the first points average what there is)."""
+    return [statistics.fmean(v[max(0, i - w + 1): i + 1]) for i in range(len(v))]
+
+
+def plot(by_arm: dict[str, list[dict]], out: Path, arms: list[str] | None = None, smooth: int = 1) -> None:
+    """Val curves against samples seen; `arms` keeps a subset, `smooth` > 1 draws a trailing mean over that many
+    validations over the raw curve (faint)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,15 +167,23 @@ def plot(by_arm: dict[str, list[dict]], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm, rs in by_arm.items():
+        if arms is not None and arm not in arms:
+            continue
         for i, r in enumerate(rs):
             if not r["val_curve"]:
                 continue
             s, v = zip(*r["val_curve"])
             x = [step * r["batch_size"] / 32 for step in s]  # samples, in batch-32 steps
-            colour = plt.cm.tab20(ARMS.index(arm) if arm in ARMS else 19)  # 20 distinct colours, one per arm
+            if arms is not None:  # a subset: the first distinct colours
+                colour = plt.cm.tab10(arms.index(arm) % 10)
+            else:  # 20 distinct colours, one per arm
+                colour = plt.cm.tab20(ARMS.index(arm) if arm in ARMS else 19)
+            if smooth > 1:
+                ax.plot(x, v, alpha=0.2, color=colour)
+                v = rolling_mean(list(v), smooth)
             ax.plot(x, v, label=arm if i == 0 else None, alpha=0.8, color=colour)
     ax.set_xlabel("samples seen / 32 (= steps at batch 32)")
-    ax.set_ylabel("val t2i R@1")
+    ax.set_ylabel("val t2i R@1" + (f" (trailing mean of {smooth} validations)" if smooth > 1 else ""))
     ax.set_title("momentum queue vs in-batch InfoNCE (val families, three styles)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -185,8 +212,12 @@ def main(argv=None) -> None:
         if not by_arm:
             raise SystemExit(f"no records in {RESULTS.relative_to(REPO)}: run `python scripts/queue_ablation.py run ...`")
         print(table(by_arm))
-        plot(by_arm, RESULTS / "val_curves.png")
-        print(f"curves: {(RESULTS / 'val_curves.png').relative_to(REPO)}")
+        plot(by_arm, RESULTS / "val_curves.png", arms=[a for a in by_arm if not a.endswith("-9k")])
+        long = [a for a in by_arm if a.endswith("-9k")]
+        if long:  # the long protocol, smoothed: 69 val families make a raw curve jump by 0.014 a concept
+            plot(by_arm, RESULTS / "val_curves_9k.png", arms=long, smooth=8)
+        print(f"curves: {(RESULTS / 'val_curves.png').relative_to(REPO)}"
+              + (f", {(RESULTS / 'val_curves_9k.png').relative_to(REPO)}" if long else ""))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,12 @@ def test_unknown_arm_is_refused(capsys):
     with pytest.raises(SystemExit):
         qa.main(["run", "b64-nonsense"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_plateau_and_rolling_mean_against_hand_computed_values():
+    curve = [(250, 0.1), (500, 0.2), (750, 0.3), (1000, 0.5), (1250, 0.4), (1500, 0.6), (1750, 0.6), (2000, 0.8)]
+    late, before = qa.plateau(curve)  # last quarter: steps 1750, 2000; the quarter before: 1250, 1500
+    assert late == pytest.approx((0.6 + 0.8) / 2) and before == pytest.approx((0.4 + 0.6) / 2)
+    assert qa.rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    with pytest.raises(ValueError, match="no two quarters"):
+        qa.plateau([(250, 0.1)])
