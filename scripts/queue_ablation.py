@@ -50,6 +50,12 @@ def val_curve(metrics_csv: Path) -> list[tuple[int, float]]:
             if r.get("val/t2i_R@1") not in ("", None)]
 
 
+def final_logit_scale(metrics_csv: Path) -> float | None:
+    """The model's logit scale (1 / temperature) at the last logged training row of a CSVLogger file."""
+    rows = [r["logit_scale"] for r in csv.DictReader(open(metrics_csv)) if r.get("logit_scale") not in ("", None)]
+    return float(rows[-1]) if rows else None
+
+
 def plateau(curve: list[tuple[int, float]], frac: float = 0.25) -> tuple[float, float]:
     """Mean val R@1 over the last `frac` of the steps and over the `frac` before it: equal means = a flat curve."""
     last = curve[-1][0]
@@ -100,7 +106,7 @@ def run_arm(arm: str, seed: int) -> Path:
         "momentum": conf["model"]["momentum"] if conf["model"]["loss"] == "moco" else None,
         "steps": conf["trainer"]["max_steps"], "samples": conf["trainer"]["max_steps"] * conf["data"]["batch_size"],
         "wall_s": round(wall, 1), "threads": os.environ.get("OMP_NUM_THREADS"),
-        "val_curve": val_curve(run / "metrics.csv"),
+        "val_curve": val_curve(run / "metrics.csv"), "final_logit_scale": final_logit_scale(run / "metrics.csv"),
         "views": {v: {"t2i_R@1": _mean_r1(r), "t2i_R@10": _mean_r1(r, "R@10"), "i2t_R@1": _mean_r1(r, "R@1", "i2t"),
                       "per_language_t2i_R@1": {k: m["t2i"]["R@1"] for k, m in r["languages"].items()},
                       "n_images": r.get("n_images")} for v, r in views.items()},
@@ -130,8 +136,8 @@ def _fmt(xs: list[float]) -> str:
 
 def table(by_arm: dict[str, list[dict]]) -> str:
     head = ("| arm | loss | batch | K | m | steps | samples | seeds | closed t2i R@1 | closed t2i R@10 "
-            "| held-out t2i R@1 | held-out t2i R@10 | best val R@1 (step) | val R@1: last quarter / quarter before |")
-    lines = [head, "|" + "---|" * 14]
+            "| held-out t2i R@1 | held-out t2i R@10 | best val R@1 (step) | val R@1: last quarter / quarter before | logit scale at end |")
+    lines = [head, "|" + "---|" * 15]
     for arm in [a for a in ARMS if a in by_arm] + sorted(set(by_arm) - set(ARMS)):
         rs = by_arm[arm]
         r0 = rs[0]
@@ -140,10 +146,11 @@ def table(by_arm: dict[str, list[dict]]) -> str:
         best_s = ", ".join(f"{v:.3f} ({s})" for s, v in best)
         flat = [plateau(r["val_curve"]) for r in rs if len(r["val_curve"]) >= 4]
         flat_s = ", ".join(f"{a:.3f} / {b:.3f}" for a, b in flat)
+        scale_s = ", ".join(f"{r['final_logit_scale']:.1f}" for r in rs if r.get("final_logit_scale")) or "-"
         lines.append(f"| {arm} | {r0['loss']} | {r0['batch_size']} | {r0['queue_size'] or '-'} | "
                      f"{r0['momentum'] or '-'} | {r0['steps']} | {r0['samples']} | {len(rs)} | "
                      f"{col('closed', 't2i_R@1')} | {col('closed', 't2i_R@10')} | {col('test', 't2i_R@1')} | "
-                     f"{col('test', 't2i_R@10')} | {best_s} | {flat_s} |")
+                     f"{col('test', 't2i_R@10')} | {best_s} | {flat_s} | {scale_s} |")
     n_closed = next(iter(by_arm.values()))[0]["views"]["closed"]["n_images"] if by_arm else None
     lines.append("")
     langs = " ".join(next(iter(by_arm.values()))[0].get("langs") or []) if by_arm else ""

@@ -33,6 +33,9 @@ def test_val_curve_reads_the_validation_rows(tmp_path):
     p = tmp_path / "metrics.csv"
     p.write_text("epoch,step,train/loss,val/t2i_R@1,val/t2i_R@1/en\n0,9,4.5,,\n0,249,,0.125,0.1\n1,499,,0.25,0.2\n")
     assert qa.val_curve(p) == [(250, 0.125), (500, 0.25)]
+    q = tmp_path / "scale.csv"
+    q.write_text("epoch,logit_scale,step,val/t2i_R@1\n0,14.25,9,\n0,,249,0.125\n0,15.5,259,\n0,,499,0.25\n")
+    assert qa.final_logit_scale(q) == 15.5
 
 
 def _record(arm, seed, closed, test, batch=32):
