@@ -159,14 +159,15 @@ def table(by_arm: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def rolling_mean(v: list[float], w: int) -> list[float]:
-    """Trailing mean over up to `w` points (the first points average what there is)."""
-    return [statistics.fmean(v[max(0, i - w + 1): i + 1]) for i in range(len(v))]
+def rolling_mean(x: list[float], v: list[float], width: float) -> list[float]:
+    """Trailing mean of v over the points whose x lies in (x_i - width, x_i] (the first points average what there
+    is): a window in samples, so arms validated at different intervals are smoothed alike."""
+    return [statistics.fmean([vj for xj, vj in zip(x, v) if xi - width < xj <= xi]) for xi in x]
 
 
 def plot(by_arm: dict[str, list[dict]], out: Path, arms: list[str] | None = None, smooth: int = 1) -> None:
-    """Val curves against samples seen; `arms` keeps a subset, `smooth` > 1 draws a trailing mean over that many
-    validations over the raw curve (faint)."""
+    """Val curves against samples seen; `arms` keeps a subset, `smooth` > 1 draws a trailing mean over the samples
+    of that many batch-32 validations (250 steps each) over the raw curve (faint)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,10 +188,10 @@ def plot(by_arm: dict[str, list[dict]], out: Path, arms: list[str] | None = None
                 colour = plt.cm.tab20(ARMS.index(arm) if arm in ARMS else 19)
             if smooth > 1:
                 ax.plot(x, v, alpha=0.2, color=colour)
-                v = rolling_mean(list(v), smooth)
+                v = rolling_mean(x, list(v), smooth * 250)
             ax.plot(x, v, label=arm if i == 0 else None, alpha=0.8, color=colour)
     ax.set_xlabel("samples seen / 32 (= steps at batch 32)")
-    ax.set_ylabel("val t2i R@1" + (f" (trailing mean of {smooth} validations)" if smooth > 1 else ""))
+    ax.set_ylabel("val t2i R@1" + (f" (trailing mean over {smooth * 250} steps' samples)" if smooth > 1 else ""))
     ax.set_title("momentum queue vs in-batch InfoNCE (val families, three styles)")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -74,6 +74,7 @@ def test_plateau_and_rolling_mean_against_hand_computed_values():
     curve = [(250, 0.1), (500, 0.2), (750, 0.3), (1000, 0.5), (1250, 0.4), (1500, 0.6), (1750, 0.6), (2000, 0.8)]
     late, before = qa.plateau(curve)  # last quarter: steps 1750, 2000; the quarter before: 1250, 1500
     assert late == pytest.approx((0.6 + 0.8) / 2) and before == pytest.approx((0.4 + 0.6) / 2)
-    assert qa.rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert qa.rolling_mean([1, 2, 3, 4], [1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert qa.rolling_mean([1, 4, 5], [1.0, 3.0, 5.0], 2) == [1.0, 3.0, 4.0]  # a window in x, not in points
     with pytest.raises(ValueError, match="no two quarters"):
         qa.plateau([(250, 0.1)])
