@@ -182,7 +182,7 @@ def plot(by_arm: dict[str, list[dict]], out: Path, arms: list[str] | None = None
                 continue
             s, v = zip(*r["val_curve"])
             x = [step * r["batch_size"] / 32 for step in s]  # samples, in batch-32 steps
-            if arms is not None:  # a subset: the first distinct colours
+            if arms is not None and len(arms) <= 10:  # a small subset: the first distinct colours
                 colour = plt.cm.tab10(arms.index(arm) % 10)
             else:  # 20 distinct colours, one per arm
                 colour = plt.cm.tab20(ARMS.index(arm) if arm in ARMS else 19)
