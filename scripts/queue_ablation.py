@@ -28,7 +28,7 @@ BASE = ["configs/brivl-emoji.yaml", "configs/brivl-emoji3.yaml", "configs/ablati
 ARMS = ["b32-inbatch", "b32-k1024-m99", "b32-k1024-m999", "b32-k4096-m99", "b32-k4096-m999",
         "b32-k4096-m99-fnm", "b32-inbatch-fixedT", "b32-k4096-m99-fixedT", "b32-k1024-m90", "b32-k256-m99",
         "b256-samples", "b256-steps", "b32-inbatch-9k", "b32-k1024-m99-9k",
-        "b256-samples-9k"]
+        "b256-samples-9k", "b32-k4096-m99-9k", "b32-k1024-m999-9k", "b32-k4096-m999-9k"]
 # fnm: false-negative masking (no key of the query's own concept is a negative); fixedT: temperature frozen at 0.07;
 # k1024-m90 and k256-m99: fresher keys than k1024-m99 (the staleness check); -9k: the long protocol (9,000 steps at
 # batch 32, so that in-batch has flattened; b256-samples-9k: the same samples at batch 256)
