@@ -195,8 +195,8 @@ def cmd_eval(a) -> None:
     from brivl.data.shards import atomic_write_json
     from brivl.model import create_model
 
-    from .evaluate import (chance, copy_baseline, cross_lingual_consistency, format_consistency_table,
-                           format_generation_table, generation_recall, judge_embed, pick_concepts)
+    from .evaluate import (chance, concept_id, copy_baseline, cross_lingual_consistency, format_consistency_table,
+                           format_generation_table, generation_recall, judge_embed, pick_concepts, positives)
 
     if a.n < 1 or a.steps < 1 or a.consistency < 0:
         raise CLIError(f"--n and --steps must be >= 1 and --consistency >= 0 (got {a.n}, {a.steps}, {a.consistency})")
@@ -208,6 +208,7 @@ def cmd_eval(a) -> None:
     gallery, _ = load_view(a.data, "closed")
     images = to_batch(gallery, judge.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # real renders in [0, 1]
     keys = [s["key"] for s in gallery]
+    drawn = [concept_id(s) for s in gallery]  # the concept of each render (several styles: several renders)
     train_keys = [s["key"] for s in gallery if s["meta"].get("split") == "train"]
     concepts = pick_concepts(load_view(a.data, a.split)[0], a.n, a.seed)
     langs = a.langs or list(M9)
@@ -215,11 +216,12 @@ def cmd_eval(a) -> None:
               "seed": a.seed, "by_guidance": {}}
     for g in ([] if a.skip_generation else a.guidance):
         result["by_guidance"][f"{g:g}"] = generation_recall(pipe, judge, images, keys, concepts, langs, train_keys,
-                                                            a.steps, g, a.seed, progress=not a.json)
+                                                            a.steps, g, a.seed, progress=not a.json,
+                                                            gallery_concepts=drawn)
     tower = copy_tower(a.model) if a.copy_tower == "auto" else a.copy_tower
     if tower and tower != "none":
         result["copy_baseline"] = copy_baseline(create_model(tower).eval(), judge_embed(judge, images), images, keys,
-                                                concepts, langs, train_keys, seed=a.seed)
+                                                concepts, langs, train_keys, seed=a.seed, gallery_concepts=drawn)
         result["copy_tower"] = tower
     if a.consistency and not a.skip_generation:
         picked = pick_concepts(concepts, a.consistency, a.seed + 1)
@@ -232,7 +234,8 @@ def cmd_eval(a) -> None:
             print(f"\n{a.split} concepts, {a.scheduler} {a.steps} steps, guidance {g}:\n"
                   + format_generation_table(r, result.get("copy_baseline")))
         if a.skip_generation and "copy_baseline" in result:
-            rows = {"languages": {}, "chance": chance(len(keys)), "gallery": len(keys)}
+            rows = {"languages": {}, "chance": chance(len(keys), positives=positives(concepts, drawn)),
+                    "gallery": len(keys)}
             print(f"\n{a.split} concepts, no generation:\n" + format_generation_table(rows, result["copy_baseline"]))
         if "consistency" in result:
             print(f"\nguidance {a.guidance[0]:g}:\n" + format_consistency_table(result["consistency"]))

@@ -5,15 +5,18 @@ one image is generated per (concept, language), each from its own noise (the see
 seed, the concept and the language, so the nine languages are nine independent pieces of evidence). A
 judge dual tower (``models/brivl-emoji``, trained apart from the generator) embeds the generated images
 and the real renders of the whole closed world (every emoji), and the generation counts as found at k
-when the real render of its own concept is among its k nearest renders (image -> image, cosine); the
+when a real render of its own concept is among its k nearest renders (image -> image, cosine); the
 median rank of that render (1 = nearest) is the coarser signal a weak generator still shows. Every R@k
-and median comes with a 95% bootstrap interval over the concepts.
+and median comes with a 95% bootstrap interval over the concepts. A concept drawn in several styles
+(``data/emoji-3``) has several renders; any of them is a hit (its best rank counts, clip_benchmark's
+convention, as in :mod:`brivl.evaluate`), and each concept is prompted once, whatever its styles.
 
 Controls and companions in the same run:
 
 * **shuffled prompts**: each concept generated from another concept's name (a seeded derangement, own
   noise); near chance if the model follows its text;
-* **chance**: k / gallery size, median (G + 1) / 2;
+* **chance**: a random ranking of the gallery (:func:`chance`; k / G and median (G + 1) / 2 with one render a
+  concept);
 * **copy baseline** (:func:`copy_baseline`): no generation at all, the *training* render that the generator's
   own text tower retrieves for the prompt, judged the same way; what a generator that only recalls the
   nearest training emoji would score. Above it on unseen concepts, a generator composes; at it, it recalls;
@@ -29,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import random
 import statistics
+from collections import Counter
 from typing import Sequence
 
 import torch
@@ -51,9 +55,18 @@ def judge_embed(judge, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     return torch.cat(out)
 
 
+def concept_id(sample: dict) -> str:
+    """The concept a sample draws (the emoji id: the styles of one emoji share it), else its key."""
+    return (sample.get("meta") or {}).get("id", sample["key"])
+
+
 def pick_concepts(samples: list[dict], n: int, seed: int) -> list[dict]:
-    """``n`` samples of a split (all of them if it has fewer), reproducibly: sorted by key, then a seeded sample."""
-    ordered = sorted(samples, key=lambda s: s["key"])
+    """``n`` concepts of a split (all of them if it has fewer), reproducibly: one sample a concept (the first by
+    key), sorted by key, then a seeded sample."""
+    first: dict[str, dict] = {}
+    for s in sorted(samples, key=lambda s: s["key"]):
+        first.setdefault(concept_id(s), s)
+    ordered = list(first.values())
     return random.Random(seed).sample(ordered, min(n, len(ordered)))
 
 
@@ -84,10 +97,29 @@ def derangement(n: int, seed: int) -> list[int]:
             return p
 
 
+def own_mask(asked: Sequence[str], gallery_concepts: Sequence[str]) -> torch.Tensor:
+    """``(N, G)`` bool: gallery item j draws the concept row i asks for."""
+    col: dict[str, list[int]] = {}
+    for j, c in enumerate(gallery_concepts):
+        col.setdefault(c, []).append(j)
+    missing = [c for c in asked if c not in col]
+    if missing:
+        raise ValueError(f"concepts {missing[:3]} are not in the gallery: the gallery must hold every concept")
+    mask = torch.zeros(len(asked), len(gallery_concepts), dtype=torch.bool)
+    for i, c in enumerate(asked):
+        mask[i, col[c]] = True
+    return mask
+
+
 def own_ranks(emb: torch.Tensor, gallery: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """Rank (1 = nearest) of each row's own gallery item ``own`` ``(N,)`` among all gallery items by cosine."""
+    """Rank (1 = nearest) of each row's best own gallery item among all gallery items by cosine; ``own`` is the
+    ``(N, G)`` mask of :func:`own_mask` (or ``(N,)`` indices, one own item a row). Other items of the own concept
+    do not push it down."""
     scores = emb @ gallery.T  # (N, G)
-    return (scores > scores[torch.arange(len(own)), own][:, None]).sum(1) + 1
+    if own.dim() == 1:
+        own = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, own[:, None], True)
+    best = scores.masked_fill(~own, float("-inf")).max(dim=1, keepdim=True).values  # (N, 1)
+    return ((scores > best) & ~own).sum(1) + 1
 
 
 def rank_summary(ranks: Sequence[int], ks: Sequence[int] = KS, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -121,49 +153,50 @@ def memorization(emb: torch.Tensor, keys: list[str], train_emb: torch.Tensor, tr
 def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: list[str], concepts: list[dict],
                       langs: Sequence[str], train_keys: Sequence[str] = (), steps: int = 25, guidance: float = 3.0,
                       seed: int = 0, batch: int = 100, ks: Sequence[int] = KS, n_boot: int = 1000,
-                      shuffled: bool = True, progress: bool = True) -> dict:
+                      shuffled: bool = True, progress: bool = True,
+                      gallery_concepts: Sequence[str] | None = None) -> dict:
     """R@k and median rank of generations among the real renders, per language, with the shuffled-prompt
     control, chance and memorization.
 
-    ``gallery_images``: the real renders in [0, 1] ``(G, 3, H, W)`` with their ``gallery_keys``;
-    ``concepts``: samples (``key``, ``meta``) to generate; ``train_keys``: the gallery keys the generator was
-    trained on (for memorization); ``shuffled=False`` skips the shuffled-prompt control. A language is
-    scored on the concepts that have a name in it."""
+    ``gallery_images``: the real renders in [0, 1] ``(G, 3, H, W)`` with their ``gallery_keys`` and the concept
+    each draws, ``gallery_concepts`` (default: the keys, one render a concept); ``concepts``: samples (``key``,
+    ``meta``) to generate, one a concept; ``train_keys``: the gallery keys the generator was trained on (for
+    memorization); ``shuffled=False`` skips the shuffled-prompt control. A language is scored on the concepts
+    that have a name in it."""
     from tqdm.auto import tqdm
 
     gallery = judge_embed(judge, gallery_images)  # (G, D)
+    gallery_concepts = list(gallery_concepts or gallery_keys)
+    own_mask([concept_id(c) for c in concepts], gallery_concepts)  # every concept is in the gallery
     col = {k: i for i, k in enumerate(gallery_keys)}
-    missing = [c["key"] for c in concepts if c["key"] not in col]
-    if missing:
-        raise ValueError(f"concepts {missing[:3]} are not in the gallery: the gallery must hold every concept")
     train_cols = [col[k] for k in train_keys if k in col]
-    train_emb, train_list = gallery[train_cols], [gallery_keys[i] for i in train_cols]
+    train_emb, train_list = gallery[train_cols], [gallery_concepts[i] for i in train_cols]
     bar = tqdm(total=len(langs) + 1, desc="generate + judge", unit="prompt set", disable=not progress)
     result: dict = {"languages": {}, "memorization": {}, "steps": steps, "guidance": guidance,
                     "gallery": len(gallery_keys), "n_concepts": len(concepts)}
 
-    def run(prompts: list[str], keys: list[str], tag: str) -> tuple[dict, torch.Tensor]:
-        seeds = [noise_seed(seed, k, tag) for k in keys]
+    def run(prompts: list[str], asked: list[str], tag: str) -> tuple[dict, torch.Tensor]:
+        seeds = [noise_seed(seed, c, tag) for c in asked]
         emb = judge_embed(judge, generate(pipe, prompts, seeds, steps, guidance, batch))  # (N, D)
-        ranks = own_ranks(emb, gallery, torch.tensor([col[k] for k in keys])).tolist()
-        return {**rank_summary(ranks, ks, n_boot, seed), "keys": keys, "ranks": ranks}, emb
+        ranks = own_ranks(emb, gallery, own_mask(asked, gallery_concepts)).tolist()
+        return {**rank_summary(ranks, ks, n_boot, seed), "keys": asked, "ranks": ranks}, emb
 
     for lang in langs:
         named = [c for c in concepts if (c["meta"].get("captions") or {}).get(lang)]
         if named:
-            keys = [c["key"] for c in named]
-            result["languages"][lang], emb = run([c["meta"]["captions"][lang][0] for c in named], keys, lang)
+            asked = [concept_id(c) for c in named]
+            result["languages"][lang], emb = run([c["meta"]["captions"][lang][0] for c in named], asked, lang)
             if train_cols:
-                result["memorization"][lang] = memorization(emb, keys, train_emb, train_list)
+                result["memorization"][lang] = memorization(emb, asked, train_emb, train_list)
         bar.update()
     en = [c for c in concepts if (c["meta"].get("captions") or {}).get("en")]
     if shuffled and len(en) >= 2:
         perm = derangement(len(en), seed)  # concept i is generated from concept perm[i]'s name
-        result["shuffled_en"], _ = run([en[j]["meta"]["captions"]["en"][0] for j in perm], [c["key"] for c in en],
-                                       "shuffled")
+        result["shuffled_en"], _ = run([en[j]["meta"]["captions"]["en"][0] for j in perm],
+                                       [concept_id(c) for c in en], "shuffled")
     bar.update()
     bar.close()
-    result["chance"] = chance(len(gallery_keys), ks)
+    result["chance"] = chance(len(gallery_keys), ks, positives(concepts, gallery_concepts))
     if train_cols:
         result["memorization"]["reference"] = real_render_reference(gallery, gallery_keys, set(train_keys))
     return result
@@ -171,10 +204,12 @@ def generation_recall(pipe, judge, gallery_images: torch.Tensor, gallery_keys: l
 
 def copy_baseline(tower, judge_gallery: torch.Tensor, gallery_images: torch.Tensor, gallery_keys: list[str],
                   concepts: list[dict], langs: Sequence[str], train_keys: Sequence[str], ks: Sequence[int] = KS,
-                  n_boot: int = 1000, seed: int = 0) -> dict:
+                  n_boot: int = 1000, seed: int = 0, gallery_concepts: Sequence[str] | None = None) -> dict:
     """Per language, the rank summary of the copy baseline: for each concept's name, the training render nearest
     to it in ``tower``'s own space (``tower.embed_texts`` against ``tower``'s image embeddings of the training
-    renders) stands in for the generation and is ranked among ``judge_gallery`` ``(G, D)`` like one."""
+    renders) stands in for the generation and is ranked among ``judge_gallery`` ``(G, D)`` like one
+    (``gallery_concepts`` as in :func:`generation_recall`)."""
+    gallery_concepts = list(gallery_concepts or gallery_keys)
     col = {k: i for i, k in enumerate(gallery_keys)}
     train_cols = [col[k] for k in train_keys if k in col]
     if not train_cols:
@@ -189,15 +224,40 @@ def copy_baseline(tower, judge_gallery: torch.Tensor, gallery_images: torch.Tens
             text = tower.embed_texts([c["meta"]["captions"][lang][0] for c in named])  # (N, D'), normalised
         copied = (text @ train_img.T).argmax(dim=1)  # (N,) index into train_cols
         emb = judge_gallery[[train_cols[int(j)] for j in copied]]
-        ranks = own_ranks(emb, judge_gallery, torch.tensor([col[c["key"]] for c in named])).tolist()
-        out[lang] = {**rank_summary(ranks, ks, n_boot, seed), "keys": [c["key"] for c in named], "ranks": ranks,
+        asked = [concept_id(c) for c in named]
+        ranks = own_ranks(emb, judge_gallery, own_mask(asked, gallery_concepts)).tolist()
+        out[lang] = {**rank_summary(ranks, ks, n_boot, seed), "keys": asked, "ranks": ranks,
                      "copied": [gallery_keys[train_cols[int(j)]] for j in copied]}
     return out
 
 
-def chance(gallery: int, ks: Sequence[int] = KS) -> dict:
-    """R@k and median rank of a generation that lands anywhere at random among ``gallery`` renders."""
-    return {**{f"R@{k}": min(1.0, k / gallery) for k in ks}, "median_rank": (gallery + 1) / 2}
+def positives(concepts: list[dict], gallery_concepts: Sequence[str]) -> list[int]:
+    """How many gallery renders draw each concept (its styles)."""
+    count: dict[str, int] = {}
+    for c in gallery_concepts:
+        count[c] = count.get(c, 0) + 1
+    return [count[concept_id(c)] for c in concepts]
+
+
+def chance(gallery: int, ks: Sequence[int] = KS, positives: Sequence[int] | None = None) -> dict:
+    """R@k and median rank of a generation that lands anywhere at random among ``gallery`` renders, of which
+    ``positives[i]`` draw concept i (default one each: k / G and (G + 1) / 2): R@k is the mean over concepts of
+    :func:`brivl.evaluate.chance_recall`, the median the smallest rank that mean reaches 1/2 at."""
+    from brivl.evaluate import chance_recall
+
+    if not positives or set(positives) == {1}:
+        return {**{f"R@{k}": min(1.0, k / gallery) for k in ks}, "median_rank": (gallery + 1) / 2}
+
+    weights = Counter(positives)  # renders a concept -> how many concepts
+
+    def cdf(r: int) -> float:  # P(best own rank <= r), averaged over the concepts
+        return sum(w * chance_recall(gallery, m, r) for m, w in weights.items()) / len(positives)
+
+    lo, hi = 1, gallery  # cdf is increasing in r
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if cdf(mid) >= 0.5 else (mid + 1, hi)
+    return {**{f"R@{k}": cdf(k) for k in ks}, "median_rank": float(lo)}
 
 
 def real_render_reference(gallery: torch.Tensor, gallery_keys: list[str], train_keys: set) -> dict:
@@ -232,7 +292,7 @@ def cross_lingual_consistency(pipe, judge, concepts: list[dict], langs: Sequence
            "guidance": guidance}
     by: dict[str, list[int]] = {}
     for i, c in enumerate(named):
-        by.setdefault(categories.get(c["key"], "other"), []).append(i)
+        by.setdefault(categories.get(concept_id(c), "other"), []).append(i)
     for cat, idx in sorted(by.items()):
         out["by_category"][cat] = consistency_row([same[i] for i in idx], [diff[i] for i in idx])
     return out

@@ -1,0 +1,79 @@
+"""Generation retrieval with several renders a concept (three styles): ranks, chance and concept picking
+against brute force."""
+from itertools import combinations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion.evaluate import chance, concept_id, own_mask, own_ranks, pick_concepts, positives
+
+
+def test_own_ranks_best_render_of_the_concept_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    gallery = F.normalize(torch.randn(30, 8, generator=g), dim=1)  # (G, D)
+    emb = F.normalize(torch.randn(12, 8, generator=g), dim=1)  # (N, D)
+    drawn = [f"c{j % 10}" for j in range(30)]  # 10 concepts, 3 renders each
+    asked = [f"c{i % 10}" for i in range(12)]
+    got = own_ranks(emb, gallery, own_mask(asked, drawn)).tolist()
+    for i, c in enumerate(asked):
+        order = sorted(range(30), key=lambda j: -float(emb[i] @ gallery[j]))
+        want = 1 + next(pos for pos, j in enumerate(order) if drawn[j] == c)  # 1 + the renders above the best own
+        assert got[i] == want
+    # one render a concept: the mask and the index forms agree
+    idx = torch.tensor([3, 0, 7])
+    one = [f"u{j}" for j in range(30)]
+    assert own_ranks(emb[:3], gallery, idx).tolist() == own_ranks(emb[:3], gallery,
+                                                                   own_mask([one[j] for j in idx], one)).tolist()
+    with pytest.raises(ValueError, match="not in the gallery"):
+        own_mask(["nope"], drawn)
+
+
+def test_chance_with_several_renders_against_enumeration():
+    G, pos = 9, [1, 2, 3, 3]
+    dist = []  # per concept, P(best own rank <= r) for r = 1..G by enumerating where its renders land
+    for m in pos:
+        placements = list(combinations(range(1, G + 1), m))
+        dist.append([sum(min(p) <= r for p in placements) / len(placements) for r in range(1, G + 1)])
+    mix = [sum(d[r] for d in dist) / len(dist) for r in range(G)]
+    ch = chance(G, (1, 2, 5), pos)
+    for k in (1, 2, 5):
+        assert ch[f"R@{k}"] == pytest.approx(mix[k - 1])
+    assert ch["median_rank"] == next(r + 1 for r in range(G) if mix[r] >= 0.5)
+    assert chance(10, (1, 5)) == chance(10, (1, 5), [1, 1]) == {"R@1": 0.1, "R@5": 0.5, "median_rank": 5.5}
+
+
+def test_pick_concepts_one_sample_a_concept():
+    samples = [{"key": k, "meta": {"id": k.split("/")[0]}} for k in
+               ["1f431", "1f431/twemoji", "1f431/openmoji", "1f436/twemoji", "2764"]]
+    picked = pick_concepts(samples, 10, seed=0)
+    assert sorted(concept_id(s) for s in picked) == ["1f431", "1f436", "2764"]
+    assert {s["key"] for s in picked} == {"1f431", "1f436/twemoji", "2764"}  # the first key of each concept
+    assert positives(picked, [concept_id(s) for s in samples]) == [
+        {"1f431": 3, "1f436": 1, "2764": 1}[concept_id(s)] for s in picked]
+
+
+def test_generation_recall_counts_any_style_of_the_concept(emoji3_full):
+    """On the three-style build a generation that is the concept's render in *another* style than the picked
+    sample's is found at rank 1 (any render of the concept is a hit); chance counts the concept's renders."""
+    from test_diffusion_system import _RenderPipe
+
+    from brivl.data.datamodule import load_view, to_batch
+    from brivl.model import create_model
+    from diffusion.evaluate import generation_recall
+
+    judge = create_model("models/brivl-emoji3").eval()
+    gallery, _ = load_view(emoji3_full, "closed")
+    images = to_batch(gallery, judge.image_size, (0.0,) * 3, (1.0,) * 3)
+    keys, drawn = [s["key"] for s in gallery], [concept_id(s) for s in gallery]
+    train_keys = [s["key"] for s in gallery if s["meta"]["split"] == "train"]
+    other = {concept_id(s): i for i, s in enumerate(gallery) if s["key"] != concept_id(s)}  # a non-Noto render
+    concepts = [c for c in pick_concepts(load_view(emoji3_full, "test")[0], 40, seed=0) if concept_id(c) in other][:8]
+    assert len(concepts) == 8 and all(c["key"] == concept_id(c) for c in concepts)  # the Noto sample was picked
+    renders = {c["meta"]["captions"]["en"][0]: images[other[concept_id(c)]] for c in concepts}
+    res = generation_recall(_RenderPipe(renders), judge, images, keys, concepts, ["en"], train_keys, ks=(1, 5),
+                            n_boot=50, shuffled=False, progress=False, gallery_concepts=drawn)
+    assert res["languages"]["en"]["R@1"] == 1.0 and res["languages"]["en"]["ranks"] == [1] * 8
+    assert res["chance"] == chance(len(keys), (1, 5), positives(concepts, drawn))
+    assert res["chance"]["R@1"] > 1 / len(keys)  # several renders a concept
+    assert res["memorization"]["en"]["nn_is_asked_concept"] == 0.0  # held-out families: never a training render
