@@ -48,6 +48,9 @@
 #     diffusion    one leg of AltDiffusion (configs/altdiffusion-emoji-cpu.yaml, MAX_TIME long), resumed from
 #                  models/altdiffusion-emoji when it holds a resume state -> models/altdiffusion-emoji
 #                  (repeat it: each leg adds to the last; training_state.json counts steps and samples)
+#     diffusion3   one leg of the same recipe on the three-style build, family split, its own tower
+#                  (configs/altdiffusion-emoji3-cpu.yaml, data/emoji-3, models/altclip-emoji3)
+#                  -> runs/export/altdiffusion-emoji3 (repeat it like diffusion)
 #
 # On a 2-core CPU each image-text run takes about 2-4 s a step (brivl: about 4-5 h in all); a GPU is
 # picked up by accelerator: auto. Environment:
@@ -202,6 +205,12 @@ for stage in "$@"; do
       EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
         --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
         --data.init_args.num_workers "$WORKERS" ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion)" >&2; exit 2 ;;
+    diffusion3) need_emoji3; resume=(); state=runs/export/altdiffusion-emoji3/training_state.json
+      [ -f $state ] && resume=(--model.init_args.init_from runs/export/altdiffusion-emoji3 \
+        --seed_everything "$($PY -c "import json,sys; print(len(json.load(open(sys.argv[1]))['legs']))" $state)")
+      EVAL=0 fit_export diffusion diffusion altdiffusion-emoji3-cpu runs/export/altdiffusion-emoji3 "" \
+        --config configs/altdiffusion-emoji-cpu.yaml --config configs/altdiffusion-emoji3-cpu.yaml "${resume[@]}" \
+        --trainer.max_time "${MAX_TIME:-00:01:35:00}" --data.init_args.num_workers "$WORKERS" ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
   esac
 done
