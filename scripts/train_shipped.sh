@@ -80,7 +80,7 @@ fit_export() {
   $PY -m "$exporter" export --ckpt "$v/checkpoints/last.ckpt" --config "$v/config.yaml" --out "$out" \
     "${eval_args[@]}" $export_args
   # BEST=1: the val-selected checkpoint too (best-step=N.ckpt), for the ablation rows: runs/export/<name>-step-N
-  local best; best=$(ls "$v"/checkpoints/best-step=*.ckpt 2>/dev/null | head -1)
+  local best; best=$(ls "$v"/checkpoints/best-step=*.ckpt 2>/dev/null | head -1 || true)  # none: save_top_k 0
   if [ "${BEST:-0}" = 1 ] && [ -n "$best" ]; then
     local step=${best##*best-step=}; step=${step%.ckpt}
     # shellcheck disable=SC2086
