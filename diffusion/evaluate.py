@@ -339,7 +339,7 @@ def format_generation_table(result: dict, copy: dict | None = None) -> str:
     ref = mem.get("reference") or {}
     if ref:
         lines.append(f"\nNN train dist: judge cosine distance of a generation to its nearest training render (median); "
-                     f"real renders of the {ref['n']} concepts not trained on: {ref['real_heldout_nn_distance_median']:.3f}")
+                     f"the {ref['n']} real renders of concepts not trained on: {ref['real_heldout_nn_distance_median']:.3f}")
     return "\n".join(lines)
 
 
