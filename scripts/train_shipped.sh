@@ -98,6 +98,18 @@ warm_restart() {  # WARM=(...): the next stage-1 leg starts from the exported st
   WARM=(--model.init_args.student "$1" --model.init_args.tokenizer "$1")
 }
 
+diffusion_leg() {  # diffusion_leg RUN_NAME OUT [fit args]...: one leg of MAX_TIME, resumed from OUT's resume state
+  local run=$1 out=$2; shift 2
+  local resume=() state=$out/training_state.json
+  # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
+  if [ -f "$state" ]; then
+    resume=(--model.init_args.init_from "$out"
+      --seed_everything "$($PY -c "import json,sys; print(len(json.load(open(sys.argv[1]))['legs']))" "$state")")
+  fi
+  EVAL=0 fit_export diffusion diffusion "$run" "$out" "" "$@" "${resume[@]}" \
+    --trainer.max_time "${MAX_TIME:-00:01:35:00}" --data.init_args.num_workers "$WORKERS"
+}
+
 need_emoji3() {  # the three-style build with the concept-family split (README, issue 14)
   [ -f data/emoji-3/manifest.json ] || $PY -m brivl data emoji --out data/emoji-3 \
     --styles noto twemoji openmoji --split-by family
@@ -198,19 +210,9 @@ for stage in "$@"; do
         $PY -m brivl eval --model "$out" --view val --json --no-zeroshot > "$out/val.json"
         $PY -m brivl compositional --model "$out" --split val --json > "$out/compositional-val.json"
       done ;;
-    diffusion) resume=(); state=models/altdiffusion-emoji/training_state.json
-      # each resumed leg gets its own seed (the number of legs so far) so it does not replay leg 1's batches
-      [ -f $state ] && resume=(--model.init_args.init_from models/altdiffusion-emoji \
-        --seed_everything "$($PY -c "import json,sys; print(len(json.load(open(sys.argv[1]))['legs']))" $state)")
-      EVAL=0 fit_export diffusion diffusion altdiffusion-emoji-cpu models/altdiffusion-emoji "" \
-        --config configs/altdiffusion-emoji-cpu.yaml "${resume[@]}" --trainer.max_time "${MAX_TIME:-00:01:35:00}" \
-        --data.init_args.num_workers "$WORKERS" ;;
-    diffusion3) need_emoji3; resume=(); state=runs/export/altdiffusion-emoji3/training_state.json
-      [ -f $state ] && resume=(--model.init_args.init_from runs/export/altdiffusion-emoji3 \
-        --seed_everything "$($PY -c "import json,sys; print(len(json.load(open(sys.argv[1]))['legs']))" $state)")
-      EVAL=0 fit_export diffusion diffusion altdiffusion-emoji3-cpu runs/export/altdiffusion-emoji3 "" \
-        --config configs/altdiffusion-emoji-cpu.yaml --config configs/altdiffusion-emoji3-cpu.yaml "${resume[@]}" \
-        --trainer.max_time "${MAX_TIME:-00:01:35:00}" --data.init_args.num_workers "$WORKERS" ;;
+    diffusion) diffusion_leg altdiffusion-emoji-cpu models/altdiffusion-emoji --config configs/altdiffusion-emoji-cpu.yaml ;;
+    diffusion3) need_emoji3; diffusion_leg altdiffusion-emoji3-cpu runs/export/altdiffusion-emoji3 \
+        --config configs/altdiffusion-emoji-cpu.yaml --config configs/altdiffusion-emoji3-cpu.yaml ;;
     *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
   esac
 done
