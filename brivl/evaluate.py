@@ -46,6 +46,18 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
     return {"t2i": t2i, "i2t": i2t}
 
 
+def t2i_by_group(image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor,
+                 groups: dict[str, torch.Tensor], ks: Sequence[int] = KS) -> dict[str, dict[str, float]]:
+    """Text->image R@k of each group of queries (``groups[name]``: a (T,) bool mask) against the whole gallery:
+    on the closed view, the training concepts' fit apart from the held-out concepts that share its gallery."""
+    sim = text_emb @ image_emb.T  # (T, N)
+    out = {}
+    for name, m in groups.items():
+        if m.any():
+            out[name] = recall_at_k(sim[m], positives[m], ks) | {"n_queries": int(m.sum())}
+    return out
+
+
 def zeroshot_metrics(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """image_emb (N, D), class_emb (C, D), labels (N,) -> acc@1, acc@5 (images of unknown class: label -1 skipped)."""
     keep = labels >= 0
@@ -117,12 +129,18 @@ def evaluate_model(model, images: torch.Tensor, metas: list[dict], langs: Sequen
     result: dict = {"n_images": len(metas), "languages": {}, "zeroshot": {}}
     concept = concept_of(metas)
     first = first_sample(concept)
+    split_of = {c: metas[i].get("split") for c, i in first.items()}
+    split_names = [sp for sp in ("train", "val", "test") if sp in split_of.values()]
     for lang, (texts, owners) in texts_by_language(metas, langs).items():
         if not texts:
             continue
         text_emb = model.embed_texts(texts, batch_size)
         m = retrieval_metrics(image_emb, text_emb, owners)
         m["n_queries"] = len(texts)
+        if len(split_names) > 1:  # a view mixing splits (closed): the queries of each split apart
+            owner = [concept[i] for i in owners.float().argmax(dim=1).tolist()]  # each query's concept
+            groups = {sp: torch.tensor([split_of[c] == sp for c in owner]) for sp in split_names}
+            m["t2i_by_split"] = t2i_by_group(image_emb, text_emb, owners, groups)
         result["languages"][lang] = m
         if zeroshot:  # one class per concept (prompts from its first sample); every render is labelled with it
             prompts = {c: class_prompts(metas[i], lang) for c, i in first.items()}

@@ -45,6 +45,28 @@ def views_table(results: dict[str, dict[str, dict]], views: Sequence[str]) -> st
     return "\n".join(lines)
 
 
+def closed_by_split(result: dict) -> dict[str, dict[str, float]]:
+    """The closed view's queries split by their concept's split (``t2i_by_split`` of each language), averaged over
+    languages: R@1, R@10, queries, and ``R@1 if train = 1``: the closed R@1 a model would score with every training
+    query a hit and the held-out ones as they are (the ceiling that fitting alone can reach). {} for a result
+    without the breakdown."""
+    langs = [la for la in result["languages"].values() if "t2i_by_split" in la]
+    if not langs:
+        return {}
+    splits = [sp for sp in ("train", "val", "test") if all(sp in la["t2i_by_split"] for la in langs)]
+    out = {sp: {m: sum(la["t2i_by_split"][sp][m] for la in langs) / len(langs) for m in ("R@1", "R@10", "n_queries")}
+           for sp in splits}
+    if "train" in out:
+        ceil = []
+        for la in langs:
+            by = la["t2i_by_split"]
+            n = sum(by[sp]["n_queries"] for sp in splits)
+            held = sum(by[sp]["R@1"] * by[sp]["n_queries"] for sp in splits if sp != "train")
+            ceil.append((by["train"]["n_queries"] + held) / n)
+        out["R@1 if train = 1"] = sum(ceil) / len(ceil)
+    return out
+
+
 def generalization_checks(by_view: dict[str, dict], styles: Sequence[str], held_out_style: str | None = None) -> list[str]:
     """The issue's targets, one line each: closed R@1 mean >= 0.90 with no language < 0.85; held-out families
     R@10 mean >= 0.50 in every style; the held-out style's R@10 mean >= 0.50 (when the model has one)."""
@@ -55,6 +77,14 @@ def generalization_checks(by_view: dict[str, dict], styles: Sequence[str], held_
         ok = mean >= 0.90 and low >= 0.85
         out.append(f"closed, every style: mean R@1 {mean:.3f}, lowest {lang} {low:.3f} "
                    f"(target mean >= 0.90, none < 0.85: {'met' if ok else 'not met'})")
+        by = closed_by_split(r)
+        if by:
+            parts = [f"{sp} R@1 {v['R@1']:.3f} / R@10 {v['R@10']:.3f} ({v['n_queries']:.0f} queries)"
+                     for sp, v in by.items() if isinstance(v, dict)]
+            line = "closed, queries by split: " + "; ".join(parts)
+            if "R@1 if train = 1" in by:
+                line += f"; with every training query a hit the closed R@1 would be {by['R@1 if train = 1']:.3f}"
+            out.append(line)
     fam = {st: mean_over_languages(by_view[f"test+style:{st}"], "t2i", "R@10") for st in styles
            if f"test+style:{st}" in by_view}
     if fam:

@@ -103,3 +103,47 @@ def test_a_concept_in_several_styles_is_one_query_answered_by_any_render():
         assert res["t2i"][f"R@{k}"] == pytest.approx(sum(hits) / 3)
         hits = [any(pos[t, i] for t in sim[:, i].argsort(descending=True)[:k].tolist()) for i in range(4)]
         assert res["i2t"][f"R@{k}"] == pytest.approx(sum(hits) / 4)
+
+
+class _FixedTower:
+    """A stand-in dual tower with given embeddings (texts looked up by caption)."""
+
+    def __init__(self, image_emb, text_emb_of):
+        self.image_emb, self.text_emb_of = image_emb, text_emb_of
+
+    def eval(self):
+        return self
+
+    def embed_images(self, images, batch_size=512):
+        return self.image_emb
+
+    def embed_texts(self, texts, batch_size=512):
+        return torch.stack([self.text_emb_of[t] for t in texts])
+
+
+def test_closed_view_queries_by_split_match_brute_force():
+    """On a view mixing splits, each split's queries are scored apart against the whole gallery."""
+    from brivl.evaluate import evaluate_model
+    from brivl.generalization import closed_by_split
+
+    g = torch.Generator().manual_seed(3)
+    names = [f"c{i}" for i in range(12)]
+    split = ["train"] * 7 + ["val"] * 2 + ["test"] * 3
+    metas = [{"id": n, "split": sp, "captions": {"en": [n]}} for n, sp in zip(names, split)] * 2  # two renders each
+    img = torch.nn.functional.normalize(torch.randn(24, 6, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(12, 6, generator=g), dim=-1)
+    res = evaluate_model(_FixedTower(img, dict(zip(names, txt))), None, metas, ["en"], zeroshot=False)
+    by = res["languages"]["en"]["t2i_by_split"]
+    sim = txt @ img.T
+    for sp in ("train", "val", "test"):
+        qs = [q for q in range(12) if split[q] == sp]
+        for k in (1, 5, 10):  # brute force: either render of the query's concept among its top k
+            hits = [bool({q, q + 12} & set(sim[q].argsort(descending=True)[:k].tolist())) for q in qs]
+            assert by[sp][f"R@{k}"] == pytest.approx(sum(hits) / len(qs))
+        assert by[sp]["n_queries"] == len(qs)
+    summary = closed_by_split(res)
+    held = sum(by[sp]["R@1"] * by[sp]["n_queries"] for sp in ("val", "test"))
+    assert summary["R@1 if train = 1"] == pytest.approx((7 + held) / 12)
+    one_split = evaluate_model(_FixedTower(img[:14], dict(zip(names, txt))), None,
+                               [dict(m, split="train") for m in metas[:14]], ["en"], zeroshot=False)
+    assert "t2i_by_split" not in one_split["languages"]["en"] and closed_by_split(one_split) == {}

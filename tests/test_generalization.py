@@ -28,6 +28,17 @@ def test_views_table_and_targets_by_hand():
         "held-out families: R@10 noto 0.600 (target >= 0.50 in every style: met)"]
 
 
+def test_closed_view_by_split_line_by_hand():
+    closed = _res({"en": 0.8, "zh": 0.7}, {"en": 0.9, "zh": 0.9})
+    for lang, (tr, te) in {"en": (0.9, 0.1), "zh": (0.8, 0.0)}.items():
+        closed["languages"][lang]["t2i_by_split"] = {"train": {"R@1": tr, "R@10": 1.0, "n_queries": 8},
+                                                     "test": {"R@1": te, "R@10": 0.5, "n_queries": 2}}
+    lines = generalization_checks({"closed": closed}, ["noto"])
+    # ceiling: en (8 + 0.2) / 10 = 0.82, zh (8 + 0) / 10 = 0.80; mean 0.81
+    assert lines[1] == ("closed, queries by split: train R@1 0.850 / R@10 1.000 (8 queries); test R@1 0.050 / "
+                        "R@10 0.500 (2 queries); with every training query a hit the closed R@1 would be 0.810")
+
+
 def test_views_command_runs_every_view(emoji_small, models, capsys, tmp_path):
     out = tmp_path / "views.json"
     assert main(["views", "--models", f"nano={models[0]}", "--data", str(emoji_small), "--langs", "en",
