@@ -113,11 +113,8 @@ def own_mask(asked: Sequence[str], gallery_concepts: Sequence[str]) -> torch.Ten
 
 def own_ranks(emb: torch.Tensor, gallery: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     """Rank (1 = nearest) of each row's best own gallery item among all gallery items by cosine; ``own`` is the
-    ``(N, G)`` mask of :func:`own_mask` (or ``(N,)`` indices, one own item a row). Other items of the own concept
-    do not push it down."""
+    ``(N, G)`` mask of :func:`own_mask`. Other items of the own concept do not push it down."""
     scores = emb @ gallery.T  # (N, G)
-    if own.dim() == 1:
-        own = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, own[:, None], True)
     best = scores.masked_fill(~own, float("-inf")).max(dim=1, keepdim=True).values  # (N, 1)
     return ((scores > best) & ~own).sum(1) + 1
 

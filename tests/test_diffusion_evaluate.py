@@ -20,11 +20,10 @@ def test_own_ranks_best_render_of_the_concept_against_brute_force():
         order = sorted(range(30), key=lambda j: -float(emb[i] @ gallery[j]))
         want = 1 + next(pos for pos, j in enumerate(order) if drawn[j] == c)  # 1 + the renders above the best own
         assert got[i] == want
-    # one render a concept: the mask and the index forms agree
-    idx = torch.tensor([3, 0, 7])
-    one = [f"u{j}" for j in range(30)]
-    assert own_ranks(emb[:3], gallery, idx).tolist() == own_ranks(emb[:3], gallery,
-                                                                   own_mask([one[j] for j in idx], one)).tolist()
+    # one render a concept: the rank is 1 + the items scored above the asked one
+    idx, one = [3, 0, 7], [f"u{j}" for j in range(30)]
+    want = [int((emb[i] @ gallery.T > emb[i] @ gallery[j]).sum()) + 1 for i, j in enumerate(idx)]
+    assert own_ranks(emb[:3], gallery, own_mask([one[j] for j in idx], one)).tolist() == want
     with pytest.raises(ValueError, match="not in the gallery"):
         own_mask(["nope"], drawn)
 
