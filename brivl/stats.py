@@ -56,3 +56,26 @@ def bootstrap_ci(values: torch.Tensor | Sequence[float], stat: Stat = mean, n_bo
     """The percentile interval of ``stat(values)``, resampling the values with replacement."""
     v = torch.as_tensor(values, dtype=torch.float64).flatten()  # (n,)
     return percentile_ci(stat(v[bootstrap_draws(len(v), n_boot, seed)]), level)  # (B, n) -> (B,)
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n along the last dim, ties given the mean of the ranks they span (``(..., n)`` -> same shape)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    less = (x[..., None, :] < x[..., :, None]).sum(-1)  # (..., n): items strictly below each one
+    ties = (x[..., None, :] == x[..., :, None]).sum(-1)  # (..., n): items equal to each one (itself included)
+    return less + (ties + 1) / 2
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman's rank correlation along the last dim: Pearson's r of the average ranks (``(..., n)`` -> ``(...)``)."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
+    return (ra * rb).sum(-1) / ((ra * ra).sum(-1) * (rb * rb).sum(-1)).sqrt()
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float], stat: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """The percentile interval of ``stat(a, b)`` with the pairs ``(a[i], b[i])`` resampled together."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    idx = bootstrap_draws(len(a), n_boot, seed)  # (B, n)
+    return percentile_ci(stat(a[idx], b[idx]), level)

@@ -187,6 +187,37 @@ def copy_tower(model: str) -> str | None:
     return tower if Path(tower).is_dir() else None
 
 
+def report_text(result: dict) -> str:
+    """The tables of a ``diffusion eval`` result: generation retrieval per guidance (with the copy baseline and
+    the generation's agreement with it) and the cross-lingual consistency."""
+    from .evaluate import format_consistency_table, format_generation_table
+
+    parts = [f"\n{result['split']} concepts, {result['scheduler']} {result['steps']} steps, guidance {g}:\n"
+             + format_generation_table(r, result.get("copy_baseline")) for g, r in result["by_guidance"].items()]
+    if "consistency" in result:
+        parts.append(f"\nguidance {result['consistency']['guidance']:g}:\n"
+                     + format_consistency_table(result["consistency"]))
+    return "\n".join(parts)
+
+
+def cmd_report(a) -> None:
+    """Re-print a saved ``diffusion eval --out`` result's tables (new columns included) without generating."""
+    import json
+
+    try:
+        result = json.loads(Path(a.result).read_text())
+    except OSError as e:
+        raise CLIError(f"cannot read {a.result}: {e.strerror}; give the JSON that `diffusion eval --out` wrote") from None
+    except ValueError:
+        raise CLIError(f"{a.result} is not JSON; give the file that `diffusion eval --out` wrote") from None
+    # one result, or a model folder's eval.json: one result per split ({"train": ..., "test": ...})
+    parts = {"": result} if isinstance(result, dict) and "by_guidance" in result else \
+        {k: v for k, v in result.items() if isinstance(v, dict) and "by_guidance" in v} if isinstance(result, dict) else {}
+    if not parts:
+        raise CLIError(f"{a.result} is not a `diffusion eval` result (no by_guidance)")
+    print("\n".join(report_text(r) for r in parts.values()))
+
+
 def cmd_eval(a) -> None:
     import json
 
@@ -195,8 +226,8 @@ def cmd_eval(a) -> None:
     from brivl.data.shards import atomic_write_json
     from brivl.model import create_model
 
-    from .evaluate import (chance, concept_id, copy_baseline, cross_lingual_consistency, format_consistency_table,
-                           format_generation_table, generation_recall, judge_embed, pick_concepts, positives)
+    from .evaluate import (chance, concept_id, copy_baseline, cross_lingual_consistency, format_generation_table,
+                           generation_recall, judge_embed, pick_concepts, positives)
 
     if a.n < 1 or a.steps < 1 or a.consistency < 0:
         raise CLIError(f"--n and --steps must be >= 1 and --consistency >= 0 (got {a.n}, {a.steps}, {a.consistency})")
@@ -230,15 +261,11 @@ def cmd_eval(a) -> None:
     if a.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
-        for g, r in result["by_guidance"].items():
-            print(f"\n{a.split} concepts, {a.scheduler} {a.steps} steps, guidance {g}:\n"
-                  + format_generation_table(r, result.get("copy_baseline")))
+        print(report_text(result))
         if a.skip_generation and "copy_baseline" in result:
             rows = {"languages": {}, "chance": chance(len(keys), positives=positives(concepts, drawn)),
                     "gallery": len(keys)}
             print(f"\n{a.split} concepts, no generation:\n" + format_generation_table(rows, result["copy_baseline"]))
-        if "consistency" in result:
-            print(f"\nguidance {a.guidance[0]:g}:\n" + format_consistency_table(result["consistency"]))
     if a.out:
         atomic_write_json(a.out, result)
         if not a.json:
@@ -312,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--out", default=None, help="write the result as JSON here")
     v.set_defaults(func=cmd_eval)
+    r = sub.add_parser("report", help="re-print the tables of a saved `diffusion eval --out` JSON (no generation)")
+    r.add_argument("result", help="the JSON that `diffusion eval --out` wrote")
+    r.set_defaults(func=cmd_report)
     return p
 
 

@@ -228,6 +228,43 @@ def copy_baseline(tower, judge_gallery: torch.Tensor, gallery_images: torch.Tens
     return out
 
 
+def copy_agreement(gen: dict, copy: dict, near: int = 100, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Does the generator succeed where its text tower already points at the right image? Per language, over the
+    concepts both runs ranked (their ``keys`` and ``ranks``): Spearman's correlation of the generation's rank
+    with the copy baseline's (95% bootstrap interval over concepts, pairs resampled together), and the
+    generation's median rank on the concepts whose copied training render ranks within ``near`` (the tower's
+    text embedding lands near the concept) apart from the others. A generator that composes new concepts does
+    well on both groups; one bounded by its text tower only on the first."""
+    out = {}
+    for lang, g in gen.items():
+        c = copy.get(lang)
+        if not c:
+            continue
+        copy_rank = dict(zip(c["keys"], c["ranks"]))
+        pairs = [(r, copy_rank[k]) for k, r in zip(g["keys"], g["ranks"]) if k in copy_rank]
+        if len(pairs) < 3:
+            continue
+        a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+        row = {"n": len(pairs), "spearman": float(stats.spearman(torch.tensor(a), torch.tensor(b))),
+               "spearman_ci": stats.paired_ci(a, b, stats.spearman, n_boot, seed), "near": near}
+        for name, group in (("copy_near", [x for x, y in pairs if y <= near]),
+                            ("copy_far", [x for x, y in pairs if y > near])):
+            row[name] = {"n": len(group), "median_rank": float(statistics.median(group)) if group else None}
+        out[lang] = row
+    return out
+
+
+def format_copy_agreement(agreement: dict) -> str:
+    near = next(iter(agreement.values()))["near"]
+    lines = [f"| generation vs copy baseline | Spearman of ranks [95% CI] | generation median rank where copy rank "
+             f"<= {near} (n) | where copy rank > {near} (n) |", "|---|---|---|---|"]
+    for lang, r in agreement.items():
+        lo, hi = r["spearman_ci"]
+        cells = [f"{r[g]['median_rank']:g} ({r[g]['n']})" if r[g]["n"] else "- (0)" for g in ("copy_near", "copy_far")]
+        lines.append(f"| {lang} | {r['spearman']:.2f} [{lo:.2f}, {hi:.2f}] | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def positives(concepts: list[dict], gallery_concepts: Sequence[str]) -> list[int]:
     """How many gallery renders draw each concept (its styles)."""
     count: dict[str, int] = {}
@@ -333,6 +370,9 @@ def format_generation_table(result: dict, copy: dict | None = None) -> str:
                  f"{result['gallery']} | | |")
     if copy:
         lines.append("\ncopy baseline: no generation, the training render the text tower retrieves for the prompt")
+        agreement = copy_agreement(result["languages"], copy)
+        if agreement:
+            lines.append("\n" + format_copy_agreement(agreement))
     ref = mem.get("reference") or {}
     if ref:
         lines.append(f"\nNN train dist: judge cosine distance of a generation to its nearest training render (median); "

@@ -77,3 +77,31 @@ def test_generation_recall_counts_any_style_of_the_concept(emoji3_full):
     assert res["chance"] == chance(len(keys), (1, 5), positives(concepts, drawn))
     assert res["chance"]["R@1"] > 1 / len(keys)  # several renders a concept
     assert res["memorization"]["en"]["nn_is_asked_concept"] == 0.0  # held-out families: never a training render
+
+
+def test_copy_agreement_by_hand_and_the_report_command(tmp_path, capsys):
+    import json
+
+    from diffusion.cli import main
+    from diffusion.evaluate import copy_agreement, format_copy_agreement
+
+    gen = {"en": {"keys": ["a", "b", "c", "d", "e"], "ranks": [3, 50, 400, 900, 20]}}
+    copy = {"en": {"keys": ["e", "d", "c", "b", "a"], "ranks": [60, 800, 700, 90, 5]}}  # another order: matched by key
+    got = copy_agreement(gen, copy, near=100, n_boot=100)["en"]
+    # pairs (gen, copy): a (3, 5), b (50, 90), c (400, 700), d (900, 800), e (20, 60): the same order, rho = 1
+    assert got["spearman"] == pytest.approx(1.0) and got["n"] == 5
+    assert got["copy_near"] == {"n": 3, "median_rank": 20.0} and got["copy_far"] == {"n": 2, "median_rank": 650.0}
+    assert "| en | 1.00 [" in format_copy_agreement({"en": got})
+    assert copy_agreement(gen, {"zh": copy["en"]}) == {}  # no language in common: nothing to compare
+    row = {"R@1": 0.2, "R@1_ci": [0.0, 0.4], "median_rank": 50.0, "median_rank_ci": [3.0, 900.0], "n": 5, **gen["en"]}
+    result = {"split": "test", "scheduler": "ddim", "steps": 5, "copy_baseline": {
+        "en": {**row, **copy["en"]}}, "by_guidance": {"3": {"languages": {"en": row}, "gallery": 10,
+                                                             "chance": {"R@1": 0.1, "median_rank": 5.5}}}}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"test": result}))  # a model folder's eval.json: one result per split
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "test concepts, ddim 5 steps, guidance 3" in out and "| en, copy baseline |" in out and "| en | 1.00 [" in out
+    path.write_text("{}")
+    assert main(["report", str(path)]) == 2
+    assert main(["report", str(tmp_path / "missing.json")]) == 2

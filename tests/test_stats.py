@@ -41,3 +41,37 @@ def test_percentile_ci_and_counts():
     assert all(int(counts[b, i]) == int((draws[b] == i).sum()) for b in range(50) for i in range(9))
     with pytest.raises(ValueError, match="empty"):
         bootstrap_ci([])
+
+
+def _ranks_written_out(x):
+    """Average ranks by sorting: each run of equal values gets the mean of the positions it fills (1-based)."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks, i = [0.0] * len(x), 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            ranks[order[t]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spearman_with_ties_against_pearson_of_written_out_ranks(seed):
+    from brivl.stats import average_ranks, paired_ci, spearman
+
+    rng = random.Random(seed)
+    a = [rng.randint(1, 8) for _ in range(40)]  # many ties
+    b = [x + rng.randint(-3, 3) for x in a]
+    ra, rb = _ranks_written_out(a), _ranks_written_out(b)
+    assert average_ranks(torch.tensor(a)).tolist() == pytest.approx(ra)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    want = sum((x - ma) * (y - mb) for x, y in zip(ra, rb)) / (
+        sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    assert float(spearman(torch.tensor(a), torch.tensor(b))) == pytest.approx(want)
+    assert float(spearman(torch.tensor(a), -torch.tensor(a))) == pytest.approx(-1.0)
+    # the paired interval resamples (a_i, b_i) together: the same draws written out give the same interval
+    boots = sorted(float(spearman(torch.tensor([a[i] for i in row]), torch.tensor([b[i] for i in row])))
+                   for row in bootstrap_draws(len(a), 200, seed).tolist())
+    assert paired_ci(a, b, spearman, 200, seed) == pytest.approx([boots[round(0.025 * 199)], boots[round(0.975 * 199)]])
