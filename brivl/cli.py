@@ -386,9 +386,13 @@ def named_folder(spec: str) -> tuple[str, str]:
 
 
 def cmd_views(a) -> None:
-    """Every model on every view of a (multi-style) data folder: one table and the generalization targets."""
-    from .data.datamodule import data_styles, load_manifest, load_view
-    from .generalization import generalization_checks, views_table
+    """Every model on every view of a (multi-style) data folder: one table and the generalization targets;
+    ``--word-coverage``: each held-out view's queries split by whether every word of the name is in the
+    training text."""
+    from .data.datamodule import data_styles, load_manifest, load_view, to_batch
+    from .data.emoji import M9
+    from .generalization import (generalization_checks, training_words, views_table, word_coverage,
+                                 word_coverage_line)
     from .model import create_model
 
     views = a.views or eval_views(a.data)
@@ -397,18 +401,29 @@ def cmd_views(a) -> None:
     unknown = [n for n in held if n not in rows]
     if unknown:
         raise CLIError(f"--held-out-style names {unknown}, not among the rows {list(rows)}")
+    held_views = [v for v in views if v.split("+")[0] in ("test", "val")] if a.word_coverage else []
+    if a.word_coverage and not held_views:
+        raise CLIError(f"--word-coverage scores held-out views (test, val, test+style:S); asked: {' '.join(views)}")
     loaded = {v: load_view(a.data, v) for v in views}  # decoded once for every model
+    langs = _langs(a.langs, a.data) or list(M9)
+    vocab = training_words(load_view(a.data, "train")[0], langs) if held_views else {}
     results: dict = {}
     for name, folder in rows.items():
         model = create_model(folder)
         print(f"evaluating {folder} on {len(views)} views of {a.data} ...", file=sys.stderr)
         results[name] = {v: run_eval(model, a.data, v, a.langs, name=folder, loaded=loaded[v], zeroshot=False)
                          for v in views}
+        for v in held_views:
+            samples = loaded[v][0]
+            images = to_batch(samples, model.image_size, *model.image_mean_std)
+            results[name][v]["word_coverage"] = word_coverage(model, images, [s["meta"] for s in samples], langs, vocab)
     print(views_table(results, views))
     styles = data_styles(load_manifest(a.data))
     for name in rows:
         for line in generalization_checks(results[name], styles, held.get(name)):
             print(f"{name}: {line}")
+        for v in held_views:
+            print(f"{name}: {word_coverage_line(v, results[name][v]['word_coverage'])}")
     if a.out:
         from .data.shards import atomic_write_json
 
@@ -549,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--langs", nargs="+", default=None)
     g.add_argument("--held-out-style", nargs="*", default=[], metavar="NAME=STYLE",
                    help="the style a row's model never trained on (checked against the held-out style target)")
+    g.add_argument("--word-coverage", action="store_true",
+                   help="split each held-out view's queries by whether every word of the name is in the training "
+                        "text (names and keywords of the train split)")
     g.add_argument("--out", default=None, help="write every result as JSON here")
     g.set_defaults(func=cmd_views)
     c = sub.add_parser("compositional", help="Winoground-style text/image/group scores: attribute binding "

@@ -9,9 +9,15 @@ issue's targets are checked from the same numbers (:func:`generalization_checks`
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Sequence
 
-from .evaluate import mean_over_languages
+import torch
+
+from .evaluate import mean_over_languages, t2i_by_group, texts_by_language
+
+NO_SPACE = {"zh", "yue", "ja", "th", "lo", "km", "my"}  # scripts written without spaces: a word is a character
 
 
 def lowest_language(result: dict, metric: str = "R@1") -> tuple[str, float]:
@@ -95,3 +101,52 @@ def generalization_checks(by_view: dict[str, dict], styles: Sequence[str], held_
         v = mean_over_languages(by_view[f"style:{held_out_style}"], "t2i", "R@10")
         out.append(f"held-out style {held_out_style}: R@10 {v:.3f} (target >= 0.50: {'met' if v >= 0.50 else 'not met'})")
     return out
+
+
+def name_words(text: str, lang: str) -> list[str]:
+    """The words of a name (NFKC, lower-cased): ``\\w+`` runs, or single characters in a script written without
+    spaces (:data:`NO_SPACE`)."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    if lang in NO_SPACE:
+        return [c for c in text if c.isalnum()]
+    return re.findall(r"\w+", text)
+
+
+def training_words(samples: list[dict], langs: Sequence[str]) -> dict[str, set[str]]:
+    """Per language, every word of the names and keywords of ``samples`` (the training split)."""
+    vocab: dict[str, set[str]] = {lang: set() for lang in langs}
+    for s in samples:
+        meta = s["meta"]
+        for lang in langs:
+            for text in (meta.get("captions") or {}).get(lang, []) + (meta.get("keywords") or {}).get(lang, []):
+                vocab[lang].update(name_words(text, lang))
+    return vocab
+
+
+@torch.no_grad()
+def word_coverage(model, images: torch.Tensor, metas: list[dict], langs: Sequence[str], vocab: dict[str, set[str]],
+                  batch_size: int = 512) -> dict[str, dict]:
+    """Text->image R@k of a (held-out) view's queries split by vocabulary: ``seen words`` (every word of the name
+    is in the training text, ``vocab`` from :func:`training_words`) and ``new word`` (at least one is not), each
+    against the whole gallery. A new concept whose name is made of known words can be composed from them; one
+    with a word never read cannot, whatever the model."""
+    model.eval()
+    image_emb = model.embed_images(images, batch_size)  # (N, D)
+    out = {}
+    for lang, (texts, pos) in texts_by_language(metas, langs).items():
+        if not texts:
+            continue
+        seen = torch.tensor([all(w in vocab.get(lang, ()) for w in name_words(t, lang)) for t in texts])
+        out[lang] = t2i_by_group(image_emb, model.embed_texts(texts, batch_size), pos,
+                                 {"seen words": seen, "new word": ~seen})
+    return out
+
+
+def word_coverage_line(view: str, by_lang: dict[str, dict], metric: str = "R@10") -> str:
+    """One line: the share of queries with only seen words and the ``metric`` of each group, pooled over the
+    languages' queries."""
+    n = {g: sum(r[g]["n_queries"] for r in by_lang.values() if g in r) for g in ("seen words", "new word")}
+    hits = {g: sum(r[g][metric] * r[g]["n_queries"] for r in by_lang.values() if g in r) for g in n}
+    cells = [f"{g} {metric} {hits[g] / n[g]:.3f}" if n[g] else f"{g} -" for g in n]
+    return (f"{view}, queries by vocabulary: {n['seen words']} of {sum(n.values())} names have every word in the "
+            f"training text; " + ", ".join(cells) + " (pooled over languages)")

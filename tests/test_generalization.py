@@ -47,3 +47,60 @@ def test_views_command_runs_every_view(emoji_small, models, capsys, tmp_path):
     assert "| nano |" in text and "`closed`" in text and "`test`" in text and out.exists()
     assert main(["views", "--models", f"nano={models[0]}", "--data", str(emoji_small),
                  "--held-out-style", "other=openmoji"]) == 2
+
+
+def test_name_words_and_training_vocabulary():
+    from brivl.generalization import name_words, training_words
+
+    assert name_words("Man Pilot: dark skin-tone", "en") == ["man", "pilot", "dark", "skin", "tone"]
+    assert name_words("男性飞行员", "zh") == ["男", "性", "飞", "行", "员"]  # no spaces: a word is a character
+    assert name_words("ＡＢＣ", "fr") == ["abc"]  # NFKC before matching
+    train = [{"meta": {"captions": {"en": ["red heart"]}, "keywords": {"en": ["love"]}}},
+             {"meta": {"captions": {"en": ["heart eyes"], "zh": ["红心"]}}}]
+    assert training_words(train, ["en", "zh"]) == {"en": {"red", "heart", "love", "eyes"}, "zh": {"红", "心"}}
+
+
+def test_word_coverage_against_brute_force():
+    import pytest
+    import torch
+
+    from brivl.generalization import word_coverage, word_coverage_line
+
+    class Tower:
+        def eval(self):
+            return self
+
+        def embed_images(self, images, batch_size=512):
+            return img
+
+        def embed_texts(self, texts, batch_size=512):
+            return torch.stack([txt[names.index(t)] for t in texts])
+
+    g = torch.Generator().manual_seed(1)
+    names = ["red heart", "blue heart", "red kite", "green dragon", "heart red", "tiny robot"]
+    img = torch.nn.functional.normalize(torch.randn(12, 5, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 5, generator=g), dim=-1)
+    metas = [{"id": str(i % 6), "captions": {"en": [names[i % 6]]}} for i in range(12)]  # two renders a concept
+    vocab = {"en": {"red", "heart", "blue"}}
+    cov = word_coverage(Tower(), None, metas, ["en"], vocab)["en"]
+    seen = [0, 1, 4]  # every word known; the others have a new word
+    sim = txt @ img.T
+    for group, qs in (("seen words", seen), ("new word", [2, 3, 5])):
+        for k in (1, 5):
+            hits = [bool({q, q + 6} & set(sim[q].argsort(descending=True)[:k].tolist())) for q in qs]
+            assert cov[group][f"R@{k}"] == pytest.approx(sum(hits) / 3)
+        assert cov[group]["n_queries"] == 3
+    by_hand = {"en": {"seen words": {"R@10": 0.5, "n_queries": 2}, "new word": {"R@10": 0.25, "n_queries": 4}},
+               "zh": {"seen words": {"R@10": 1.0, "n_queries": 2}, "new word": {"R@10": 0.0, "n_queries": 0}}}
+    assert word_coverage_line("test", by_hand) == ("test, queries by vocabulary: 4 of 8 names have every word in the "
+                                                   "training text; seen words R@10 0.750, new word R@10 0.250 "
+                                                   "(pooled over languages)")
+
+
+def test_views_word_coverage_needs_a_held_out_view(emoji_small, models, capsys):
+    assert main(["views", "--models", f"nano={models[0]}", "--data", str(emoji_small), "--views", "closed",
+                 "--word-coverage"]) == 2
+    assert "--word-coverage scores held-out views" in capsys.readouterr().err
+    assert main(["views", "--models", f"nano={models[0]}", "--data", str(emoji_small), "--views", "test",
+                 "--langs", "en", "--word-coverage"]) == 0
+    assert "nano: test, queries by vocabulary:" in capsys.readouterr().out
