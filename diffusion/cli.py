@@ -200,6 +200,34 @@ def report_text(result: dict) -> str:
     return "\n".join(parts)
 
 
+def print_ranks_by_vocabulary(parts: dict[str, dict], data: str) -> None:
+    """``report --data``: each generation's rank split by whether every word of its prompt is in the training text
+    of ``data`` (its train split's names and keywords), every language pooled."""
+    from brivl.data.datamodule import load_view
+    from brivl.generalization import training_words
+
+    from .evaluate import concept_id, ranks_by_vocabulary
+
+    train, names = load_view(data, "train")[0], {}
+    for split in {r["split"] for r in parts.values()}:
+        for s in load_view(data, split)[0]:
+            names.setdefault(concept_id(s), {la: c[0] for la, c in (s["meta"].get("captions") or {}).items() if c})
+    langs = sorted({la for r in parts.values() for g in r["by_guidance"].values() for la in g["languages"]})
+    vocab = training_words(train, langs)
+    lines = ["| prompts by vocabulary (every language pooled) | R@10 [95% CI] | median rank [95% CI] | n |",
+             "|---|---|---|---|"]
+    for r in parts.values():
+        for g, res in r["by_guidance"].items():
+            for group, row in ranks_by_vocabulary(res["languages"], names, vocab).items():
+                lo, hi = row["median_rank_ci"]
+                ci = row.get("R@10_ci", [float("nan")] * 2)
+                lines.append(f"| {r['split']}, guidance {g}, {group} | {row.get('R@10', float('nan')):.3f} "
+                             f"[{ci[0]:.3f}, {ci[1]:.3f}] | {row['median_rank']:g} [{lo:g}, {hi:g}] | {row['n']} |")
+    print("\n" + "\n".join(lines) + f"\n(seen words: every word of the prompt is in the names and keywords of "
+          f"{data}'s train split; n counts prompts, a concept once a language, and the intervals resample prompts, "
+          f"so they are narrower than a concept resample would give)")
+
+
 def cmd_report(a) -> None:
     """Re-print a saved ``diffusion eval --out`` result's tables (new columns included) without generating."""
     import json
@@ -216,6 +244,8 @@ def cmd_report(a) -> None:
     if not parts:
         raise CLIError(f"{a.result} is not a `diffusion eval` result (no by_guidance)")
     print("\n".join(report_text(r) for r in parts.values()))
+    if a.data:
+        print_ranks_by_vocabulary(parts, a.data)
 
 
 def cmd_eval(a) -> None:
@@ -341,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_eval)
     r = sub.add_parser("report", help="re-print the tables of a saved `diffusion eval --out` JSON (no generation)")
     r.add_argument("result", help="the JSON that `diffusion eval --out` wrote")
+    r.add_argument("--data", default=None,
+                   help="also split the generations by whether every word of the prompt is in this data folder's "
+                        "training text (the folder the eval used)")
     r.set_defaults(func=cmd_report)
     return p
 

@@ -254,6 +254,23 @@ def copy_agreement(gen: dict, copy: dict, near: int = 100, n_boot: int = 1000, s
     return out
 
 
+def ranks_by_vocabulary(gen: dict, names: dict[str, dict[str, str]], vocab: dict[str, set[str]],
+                        ks: Sequence[int] = KS, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The generation ranks of every language pooled and split by the prompt's vocabulary: ``seen words`` (every
+    word of the prompt, ``names[concept][lang]``, is in the training text ``vocab[lang]``,
+    :func:`brivl.generalization.training_words`) and ``new word``; a rank summary of each group."""
+    from brivl.generalization import name_words
+
+    groups: dict[str, list[int]] = {"seen words": [], "new word": []}
+    for lang, g in gen.items():
+        for key, rank in zip(g["keys"], g["ranks"]):
+            prompt = names.get(key, {}).get(lang)
+            if prompt is not None:
+                seen = all(w in vocab.get(lang, ()) for w in name_words(prompt, lang))
+                groups["seen words" if seen else "new word"].append(rank)
+    return {name: rank_summary(r, ks, n_boot, seed) for name, r in groups.items() if r}
+
+
 def format_copy_agreement(agreement: dict) -> str:
     near = next(iter(agreement.values()))["near"]
     lines = [f"| generation vs copy baseline | Spearman of ranks [95% CI] | generation median rank where copy rank "

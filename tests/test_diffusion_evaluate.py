@@ -105,3 +105,31 @@ def test_copy_agreement_by_hand_and_the_report_command(tmp_path, capsys):
     path.write_text("{}")
     assert main(["report", str(path)]) == 2
     assert main(["report", str(tmp_path / "missing.json")]) == 2
+
+
+def test_ranks_by_vocabulary_by_hand_and_report_with_data(emoji_small, tmp_path, capsys):
+    import json
+
+    from brivl.data.datamodule import load_view
+    from diffusion.cli import main
+    from diffusion.evaluate import ranks_by_vocabulary
+
+    names = {"a": {"en": "red heart", "zh": "红心"}, "b": {"en": "tiny robot"}, "c": {"en": "heart"}}
+    vocab = {"en": {"red", "heart"}, "zh": {"红"}}
+    gen = {"en": {"keys": ["a", "b", "c"], "ranks": [4, 700, 10]}, "zh": {"keys": ["a"], "ranks": [30]}}
+    got = ranks_by_vocabulary(gen, names, vocab, n_boot=50)
+    # en "red heart" and "heart" are known words; en "tiny robot" and zh "红心" (心 unseen) hold a new one
+    assert got["seen words"]["n"] == 2 and got["seen words"]["median_rank"] == 7.0 and got["seen words"]["R@10"] == 1.0
+    assert got["new word"]["n"] == 2 and got["new word"]["median_rank"] == 365.0 and got["new word"]["R@10"] == 0.0
+    # the command on a real data folder: its test concepts' names, vocabulary from its train split
+    test = load_view(emoji_small, "test")[0][:4]
+    keys = [s["key"] for s in test]
+    row = {"R@10": 0.5, "R@10_ci": [0.0, 1.0], "median_rank": 5.0, "median_rank_ci": [1.0, 9.0], "n": 4,
+           "keys": keys, "ranks": [1, 5, 20, 900]}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"split": "test", "scheduler": "ddim", "steps": 5, "by_guidance": {
+        "3": {"languages": {"en": row}, "gallery": 120, "chance": {"R@10": 0.08, "median_rank": 60.5}}}}))
+    assert main(["report", str(path), "--data", str(emoji_small)]) == 0
+    out = capsys.readouterr().out
+    groups = [line for line in out.splitlines() if line.startswith("| test, guidance 3, ")]
+    assert groups and sum(int(line.rsplit("|", 2)[1]) for line in groups) == 4  # every prompt in one group
