@@ -16,6 +16,8 @@
 #     distill-all-more  one more stage-1 leg (10000 steps, warm restart) from models/altclip-emoji-all-distill
 #                  -> models/altclip-emoji-all-distill (repeat it; run contrastive-all after the last leg)
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
+#     distill-all-wide  the capacity arm: leg 1 of distill-all with a student twice as wide (altclip-xlmr-small)
+#                  -> runs/export/altclip-emoji-all-distill-wide
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
 #     brivl3-more  + configs/brivl-emoji3-continue.yaml: 1500 more steps from models/brivl-emoji3 (warm restart),
 #                  exported over it (brivl.json lists both legs)
@@ -143,6 +145,9 @@ for stage in "$@"; do
     distill-all-more) warm_restart models/altclip-emoji-all-distill distill-all
       fit_export altclip altclip altclip-distill-all models/altclip-emoji-all-distill "--langs all" \
         --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml "${WARM[@]}" ;;
+    distill-all-wide) fit_export altclip altclip altclip-distill-all-wide runs/export/altclip-emoji-all-distill-wide "--langs all" \
+        --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml \
+        --config configs/ablation/altclip-distill-all-wide.yaml ;;
     contrastive-all) fit_export altclip brivl altclip-contrastive-all models/altclip-emoji-all "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
@@ -213,6 +218,6 @@ for stage in "$@"; do
     diffusion) diffusion_leg altdiffusion-emoji-cpu models/altdiffusion-emoji --config configs/altdiffusion-emoji-cpu.yaml ;;
     diffusion3) need_emoji3; diffusion_leg altdiffusion-emoji3-cpu runs/export/altdiffusion-emoji3 \
         --config configs/altdiffusion-emoji-cpu.yaml --config configs/altdiffusion-emoji3-cpu.yaml ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more distill-all-wide contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
   esac
 done
