@@ -62,6 +62,9 @@ def worker(rank, port, loss_name, out_dir):
         dist.barrier()  # no rank tears gloo down while its peer is still inside a collective
     finally:
         dist.destroy_process_group()
+    # Skip interpreter teardown: gloo's worker threads can abort there ("terminate called without an active
+    # exception", seen once in CI) after the results are written; the result file is closed by now.
+    os._exit(0)
 
 
 def free_port():
@@ -73,8 +76,16 @@ def free_port():
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="gloo not available")
 @pytest.mark.parametrize("loss_name", ["clip", "moco"])
 def test_ddp_matches_single_process_doubled_batch(loss_name, tmp_path):
-    mp.start_processes(worker, args=(free_port(), loss_name, str(tmp_path)), nprocs=WORLD, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for attempt in range(2):  # one retry, only for a rank killed by a signal (a gloo teardown abort), on a new port
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        try:
+            mp.start_processes(worker, args=(free_port(), loss_name, str(out)), nprocs=WORLD, start_method="spawn")
+            break
+        except mp.ProcessExitedException as e:
+            if attempt or e.signal_name is None:
+                raise
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     model = Towers()
     loss, state = run_step(model, loss_name, *batch())
