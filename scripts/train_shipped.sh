@@ -18,6 +18,7 @@
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
 #     distill-all-wide  the capacity arm: leg 1 of distill-all with a student twice as wide (altclip-xlmr-small)
 #                  -> runs/export/altclip-emoji-all-distill-wide
+#     contrastive-all-wide  stage 2 (contrastive-all's recipe) on that wide student -> runs/export/altclip-emoji-all-wide
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
 #     brivl3-more  + configs/brivl-emoji3-continue.yaml: 1500 more steps from models/brivl-emoji3 (warm restart),
 #                  exported over it (brivl.json lists both legs)
@@ -148,6 +149,11 @@ for stage in "$@"; do
     distill-all-wide) fit_export altclip altclip altclip-distill-all-wide runs/export/altclip-emoji-all-distill-wide "--langs all" \
         --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml \
         --config configs/ablation/altclip-distill-all-wide.yaml ;;
+    contrastive-all-wide) need runs/export/altclip-emoji-all-distill-wide config.json distill-all-wide
+      fit_export altclip brivl altclip-contrastive-all-wide runs/export/altclip-emoji-all-wide "--langs all" \
+        --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
+        --model.init_args.model runs/export/altclip-emoji-all-distill-wide \
+        --trainer.logger.init_args.name altclip-contrastive-all-wide --data.init_args.num_workers "$WORKERS" ;;
     contrastive-all) fit_export altclip brivl altclip-contrastive-all models/altclip-emoji-all "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
@@ -218,6 +224,6 @@ for stage in "$@"; do
     diffusion) diffusion_leg altdiffusion-emoji-cpu models/altdiffusion-emoji --config configs/altdiffusion-emoji-cpu.yaml ;;
     diffusion3) need_emoji3; diffusion_leg altdiffusion-emoji3-cpu runs/export/altdiffusion-emoji3 \
         --config configs/altdiffusion-emoji-cpu.yaml --config configs/altdiffusion-emoji3-cpu.yaml ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more distill-all-wide contrastive-all brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more distill-all-wide contrastive-all contrastive-all-wide brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
   esac
 done
