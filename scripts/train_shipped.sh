@@ -18,7 +18,8 @@
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
 #     distill-all-wide  the capacity arm: leg 1 of distill-all with a student twice as wide (altclip-xlmr-small)
 #                  -> runs/export/altclip-emoji-all-distill-wide
-#     contrastive-all-wide  stage 2 (contrastive-all's recipe) on that wide student -> runs/export/altclip-emoji-all-wide
+#     contrastive-all-wide  stage 2 (contrastive-all's recipe) on that wide student
+#                  (configs/ablation/altclip-contrastive-all-wide.yaml) -> runs/export/altclip-emoji-all-wide
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
 #     brivl3-more  + configs/brivl-emoji3-continue.yaml: 1500 more steps from models/brivl-emoji3 (warm restart),
 #                  exported over it (brivl.json lists both legs)
@@ -152,8 +153,7 @@ for stage in "$@"; do
     contrastive-all-wide) need runs/export/altclip-emoji-all-distill-wide config.json distill-all-wide
       fit_export altclip brivl altclip-contrastive-all-wide runs/export/altclip-emoji-all-wide "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
-        --model.init_args.model runs/export/altclip-emoji-all-distill-wide \
-        --trainer.logger.init_args.name altclip-contrastive-all-wide --data.init_args.num_workers "$WORKERS" ;;
+        --config configs/ablation/altclip-contrastive-all-wide.yaml --data.init_args.num_workers "$WORKERS" ;;
     contrastive-all) fit_export altclip brivl altclip-contrastive-all models/altclip-emoji-all "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
         --data.init_args.num_workers "$WORKERS" ;;
