@@ -18,6 +18,8 @@
 #     contrastive-all  stage 2 on it, every covered language        -> models/altclip-emoji-all
 #     distill-all-wide  the capacity arm: leg 1 of distill-all with a student twice as wide (altclip-xlmr-small)
 #                  -> runs/export/altclip-emoji-all-distill-wide
+#     distill-all-wide-more  one more stage-1 leg of the wide student (10000 steps, warm restart) from
+#                  runs/export/altclip-emoji-all-distill-wide, exported over it (brivl.json lists the legs)
 #     contrastive-all-wide  stage 2 (contrastive-all's recipe) on that wide student
 #                  (configs/ablation/altclip-contrastive-all-wide.yaml) -> runs/export/altclip-emoji-all-wide
 #     brivl3       configs/brivl-emoji3.yaml: three styles, family split (data/emoji-3) -> models/brivl-emoji3
@@ -150,6 +152,10 @@ for stage in "$@"; do
     distill-all-wide) fit_export altclip altclip altclip-distill-all-wide runs/export/altclip-emoji-all-distill-wide "--langs all" \
         --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml \
         --config configs/ablation/altclip-distill-all-wide.yaml ;;
+    distill-all-wide-more) warm_restart runs/export/altclip-emoji-all-distill-wide distill-all-wide
+      fit_export altclip altclip altclip-distill-all-wide runs/export/altclip-emoji-all-distill-wide "--langs all" \
+        --config configs/altclip-distill.yaml --config configs/altclip-distill-all.yaml \
+        --config configs/ablation/altclip-distill-all-wide.yaml "${WARM[@]}" ;;
     contrastive-all-wide) need runs/export/altclip-emoji-all-distill-wide config.json distill-all-wide
       fit_export altclip brivl altclip-contrastive-all-wide runs/export/altclip-emoji-all-wide "--langs all" \
         --config configs/altclip-contrastive.yaml --config configs/altclip-contrastive-all.yaml \
@@ -224,6 +230,6 @@ for stage in "$@"; do
     diffusion) diffusion_leg altdiffusion-emoji-cpu models/altdiffusion-emoji --config configs/altdiffusion-emoji-cpu.yaml ;;
     diffusion3) need_emoji3; diffusion_leg altdiffusion-emoji3-cpu runs/export/altdiffusion-emoji3 \
         --config configs/altdiffusion-emoji-cpu.yaml --config configs/altdiffusion-emoji3-cpu.yaml ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more distill-all-wide contrastive-all contrastive-all-wide brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more distill-all-wide distill-all-wide-more contrastive-all contrastive-all-wide brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
   esac
 done
