@@ -29,7 +29,7 @@ def lightning_main(argv: list[str]) -> None:
 
 def cmd_export(a) -> None:
     """A stage-1 (TeacherLearningSystem) checkpoint -> AltCLIPModel folder."""
-    from brivl.model import create_model
+    from brivl.factory import create_model
 
     from .model import build_student
 
@@ -101,10 +101,10 @@ def cmd_languages(a) -> None:
     from pathlib import Path
 
     from brivl.cli import run_eval
-    from brivl.data.datamodule import load_view
+    from brivl.data.views import load_view
     from brivl.data.languages import covered_languages
     from brivl.data.shards import atomic_write_json
-    from brivl.model import create_model
+    from brivl.factory import create_model
     from brivl.tokenizer import script_of
 
     from .languages import language_checks, language_table, plot_languages

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from brivl.data.datamodule import load_view, view_loader
+from brivl.data.datamodule import view_loader
+
+from brivl.data.views import load_view
 from brivl.data.languages import resolve_langs
 
 

@@ -14,7 +14,7 @@ import torch
 
 from brivl.data.emoji import M9
 from brivl.data.languages import resolve_for_datamodule
-from brivl.model import create_model
+from brivl.factory import create_model
 from brivl.system import adamw_warmup_cosine, log_retrieval
 
 from .losses import TeacherLearningLoss

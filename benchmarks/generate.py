@@ -137,8 +137,9 @@ def overhead(a) -> None:
 
 
 def samplers(a) -> None:
-    from brivl.data.datamodule import load_view, to_batch
-    from brivl.model import create_model
+    from brivl.data.transforms import to_batch
+    from brivl.data.views import load_view
+    from brivl.factory import create_model
     from diffusion.cli import load_pipeline
     from diffusion.evaluate import generation_recall, pick_concepts
 

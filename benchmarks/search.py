@@ -168,7 +168,7 @@ def run_flat(xb, xq, k, n_single):
     index.add(xb)
     build_s = time.perf_counter() - t
     _, gt = index.search(xq, k)
-    rows = [measure(f"flat (IndexFlatIP)", index, xq, gt, k, n_single, build_s=build_s, bytes=xb.nbytes,
+    rows = [measure("flat (IndexFlatIP)", index, xq, gt, k, n_single, build_s=build_s, bytes=xb.nbytes,
                     rss=xb.nbytes, factory="Flat", params="")]
     from index.factory import omp_threads
 
@@ -187,6 +187,7 @@ import faiss
 from index import factory as fx
 from index.build import build_index
 from index.common import parse_memory
+from index.race import graph_candidates, race_graphs
 emb, xt_path, index_path, budget, target, k, efc, threads = sys.argv[2:10]
 faiss.omp_set_num_threads(int(threads))
 t = time.perf_counter()
@@ -194,9 +195,9 @@ xb = np.load(emb)
 xt = np.load(xt_path)
 factory = fx.choose_factory(len(xb), xb.shape[1], parse_memory(budget))
 race = None
-candidates = fx.graph_candidates(len(xb), xb.shape[1], parse_memory(budget)) if factory.startswith("HNSW") else []
+candidates = graph_candidates(len(xb), xb.shape[1], parse_memory(budget)) if factory.startswith("HNSW") else []
 if len(candidates) > 1:  # as `index build` does: time the graph variants on a sample, keep the fastest
-    race = fx.race_graphs(xb, candidates, int(k), float(target), ef_construction=int(efc))
+    race = race_graphs(xb, candidates, int(k), float(target), ef_construction=int(efc))
     factory = race["picked"]
 index, report = build_index(xb, np.arange(len(xb), dtype=np.int64), factory, float(target), int(k), 1000, int(efc),
                             progress=False, tune_queries=xt)
@@ -212,6 +213,7 @@ def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_constructio
     (``getrusage``); then read back from its file, as ``python -m index search`` serves it."""
     from index import factory as fx
     from index.common import read_faiss
+    from index.race import format_race
 
     emb, xt_path, path = work / "ours-emb.npy", work / "ours-xt.npy", work / f"ours-{len(xb)}.index"
     np.save(emb, xb)
@@ -226,7 +228,7 @@ def run_ours(xb, xq, gt, k, budget, target, n_single, work: Path, ef_constructio
     child = json.loads(r.stdout.strip().splitlines()[-1])
     factory, report = child["factory"], child["report"]
     if child["race"]:
-        say(f"  ours: race {fx.format_race(child['race'])}")
+        say(f"  ours: race {format_race(child['race'])}")
     say(f"  ours: factory {factory} for budget {budget}, built in {wall:.0f} s, peak RSS "
         f"{child['peak_rss'] / 1e6:.0f} MB")
     size = path.stat().st_size
@@ -305,7 +307,7 @@ def run_milvus(xb, xq, gt, k, target, n_single, work: Path, ef_construction: int
                     bytes=size, rss=grown, factory="milvus:HNSW", params=_fmt(report["params"]),
                     self_tuned_recall=report["recall"])]
     params, _ = retune(index, xq, gt, k, target)
-    rows.append(measure(f"milvus HNSW32 @=recall", index, xq, gt, k, n_single, True, build_s=build_s, bytes=size,
+    rows.append(measure("milvus HNSW32 @=recall", index, xq, gt, k, n_single, True, build_s=build_s, bytes=size,
                         rss=grown, factory="milvus:HNSW", params=_fmt(params)))
     if uri:
         milvus.drop_collection(uri, cfg["collection"])

@@ -60,7 +60,7 @@ def cmd_data_emoji(a) -> None:
 
 def corpus_texts(data_dir: str, view: str, langs: list[str] | None) -> list[str]:
     """Names, captions and keywords of a view, for tokenizer training."""
-    from .data.datamodule import load_view
+    from .data.views import load_view
 
     samples, _ = load_view(data_dir, view)
     texts = []
@@ -102,10 +102,10 @@ def measure_vocab_sizes(data: str, sizes: list[int], langs: list[str] | None, vi
     import statistics
     import tempfile
 
-    from .data.datamodule import load_view
+    from .data.views import load_view
     from .tokenizer import tokenizer_stats, train_tokenizer
 
-    from .data.datamodule import load_manifest, view_splits
+    from .data.views import load_manifest, view_splits
 
     manifest = load_manifest(data)
     shared = set(view_splits(manifest, view)) & set(view_splits(manifest, eval_view))
@@ -148,7 +148,7 @@ def measure_vocab_sizes(data: str, sizes: list[int], langs: list[str] | None, vi
 
 
 def cmd_models(a) -> None:
-    from .model import list_models
+    from .factory import list_models
 
     print("\n".join(list_models()))
 
@@ -175,7 +175,8 @@ def load_system_checkpoint(ckpt: str, config: str | None, build=None):
 
     ``build(hparams) -> DualTower`` makes the untrained model (default: ``create_model(model, tokenizer)``
     as in ``DualTowerSystem``); the checkpoint's ``model.clip.*`` tensors are then loaded, checked."""
-    from .model import _load_state_checked, create_model, weights_loaded_next
+    from .factory import create_model, weights_loaded_next
+    from .model import _load_state_checked
 
     state, hp = read_checkpoint(ckpt, config)
     with weights_loaded_next():  # the checkpoint's weights are loaded below: open_clip's random-init note misleads
@@ -243,7 +244,7 @@ def record_legs(info: dict, out: str, config: str | None) -> None:
 def eval_views(data: str) -> list[str]:
     """The views an export evaluates: closed and test, and for a multi-style build each style alone and the test
     split in each style (``style:openmoji``, ``test+style:openmoji``)."""
-    from .data.datamodule import STYLE_PREFIX, data_styles, load_manifest
+    from .data.views import STYLE_PREFIX, data_styles, load_manifest
 
     styles = data_styles(load_manifest(data))
     per_style = [f"{view}{STYLE_PREFIX}{st}" for st in styles for view in ("", "test+")] if len(styles) > 1 else []
@@ -271,7 +272,8 @@ def cmd_wise_ft(a) -> None:
 def run_eval(model, data: str, view: str, langs: list[str] | None, name: str = "",
              loaded: tuple[list[dict], object] | None = None, zeroshot: bool = True) -> dict:
     """Evaluate ``model`` on a view; ``loaded`` = (samples, stats) from ``load_view`` when already in memory."""
-    from .data.datamodule import load_manifest, load_view, to_batch
+    from .data.transforms import to_batch
+    from .data.views import load_manifest, load_view
     from .data.emoji import M9
     from .evaluate import evaluate_model
 
@@ -307,7 +309,7 @@ def run_compositional(model, data: str, split: str = "closed", langs: list[str] 
     languages that have a relation template (m9) among ``langs`` (default m9); ``samples``: the split's
     samples when already loaded."""
     from .compositional import evaluate_compositional
-    from .data.datamodule import load_view
+    from .data.views import load_view
 
     samples = samples if samples is not None else load_view(data, split)[0]
     if not samples:
@@ -325,14 +327,14 @@ def compositional_key(split: str) -> str:
 def cmd_compositional(a) -> None:
     """Winoground-style groups on a view's emoji; ``--write`` adds the row to the model folder's eval.json."""
     from .compositional import format_compositional
-    from .model import create_model
+    from .factory import create_model
 
     split = getattr(a, "split", "closed")
     path = Path(a.model) / "eval.json"
     if getattr(a, "write", False) and not path.is_file():
         raise CLIError(f"--write adds to a model folder's eval.json; {path} does not exist "
                        "(export the model with --eval-data first)")
-    from .data.datamodule import load_view
+    from .data.views import load_view
 
     model, samples = create_model(a.model), load_view(a.data, split)[0]
     res = run_compositional(model, a.data, split, _langs(a.langs, a.data), a.relations, a.model, samples)
@@ -357,7 +359,7 @@ def cmd_compositional(a) -> None:
 
 def cmd_eval(a) -> None:
     from .evaluate import format_table
-    from .model import create_model
+    from .factory import create_model
 
     if a.view.startswith("compositional"):  # --view compositional[:SPLIT]
         a.split = a.view.split(":", 1)[1] if ":" in a.view else "closed"
@@ -389,11 +391,12 @@ def cmd_views(a) -> None:
     """Every model on every view of a (multi-style) data folder: one table and the generalization targets;
     ``--word-coverage``: each held-out view's queries split by whether every word of the name is in the
     training text."""
-    from .data.datamodule import data_styles, load_manifest, load_view, to_batch
+    from .data.transforms import to_batch
+    from .data.views import data_styles, load_manifest, load_view
     from .data.emoji import M9
     from .generalization import (generalization_checks, training_words, views_table, word_coverage,
                                  word_coverage_line)
-    from .model import create_model
+    from .factory import create_model
 
     views = a.views or eval_views(a.data)
     rows = dict(named_folder(r) for r in a.models)
@@ -434,10 +437,11 @@ def cmd_views(a) -> None:
 def cmd_compare(a) -> None:
     """Models side by side on one view, with a paired bootstrap over concepts (brivl.compare)."""
     from .compare import format_comparison, paired_bootstrap, query_hits
-    from .data.datamodule import load_view, to_batch
+    from .data.transforms import to_batch
+    from .data.views import load_view
     from .data.emoji import M9
     from .evaluate import concept_of
-    from .model import create_model
+    from .factory import create_model
 
     rows = dict(named_folder(r) for r in a.models)
     samples, _ = load_view(a.data, a.view)

@@ -161,7 +161,7 @@ def format_order_agreement(res: dict) -> str:
 @torch.no_grad()
 def evaluate_compositional(model, samples: list[dict], langs=M9, n_relations: int = 100, seed: int = 0) -> dict:
     """Winoground scores of ``model`` (a DualTower) per kind and language on ``samples`` (one view's renders)."""
-    from .data.datamodule import to_batch
+    from .data.transforms import to_batch
 
     model.eval()
     mean, std = model.image_mean_std

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .model import DualTower, UnknownModelError, write_folder_atomically
+from .data.shards import write_folder_atomically
+from .model import DualTower, UnknownModelError
 
 HF_CLIP_TYPES = ("altclip", "clip", "chinese_clip")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

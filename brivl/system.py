@@ -27,7 +27,8 @@ from .data.languages import resolve_for_datamodule
 from .evaluate import evaluate_model, mean_over_languages
 from .losses import (HardNegativeClipLoss, MomentumEncoder, MomentumQueueLoss, ParallelOrderLoss, SwapSeparationLoss,
                      make_clip_loss)
-from .model import ConfigMismatchError, DualTower, create_model
+from .factory import create_model
+from .model import ConfigMismatchError, DualTower
 
 
 class DualTowerSystem(pl.LightningModule):

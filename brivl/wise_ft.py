@@ -52,13 +52,13 @@ def same_tokenizer(folder0: str | Path, folder1: str | Path) -> bool:
 def wise_ft(zero_shot: str | Path, fine_tuned: str | Path, alpha: float, device: str = "cpu"):
     """The DualTower at ``alpha`` on the path from ``zero_shot`` to ``fine_tuned`` (two model folders); its
     ``info`` records both ends and ``alpha``."""
-    from .model import DualTower
+    from .factory import create_model
 
     if not same_tokenizer(zero_shot, fine_tuned):
         raise ValueError(f"{zero_shot} and {fine_tuned} have different tokenizers: WiSE-FT needs a continuation "
                          "of the same model")
-    m0 = DualTower.from_pretrained(zero_shot, device)
-    m1 = DualTower.from_pretrained(fine_tuned, device)
+    m0 = create_model(str(zero_shot), device=device)
+    m1 = create_model(str(fine_tuned), device=device)
     m1.clip.load_state_dict(interpolate(m0.clip.state_dict(), m1.clip.state_dict(), alpha))
     m1.info["wise_ft"] = {"zero_shot": str(zero_shot), "fine_tuned": str(fine_tuned), "alpha": alpha}
     return m1

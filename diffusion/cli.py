@@ -114,7 +114,7 @@ def cmd_generate(a) -> None:
 
 
 def cmd_samples(a) -> None:
-    from brivl.data.datamodule import load_view
+    from brivl.data.views import load_view
     from brivl.data.emoji import M9
 
     from .samples import DEFAULT_KEYS, concept_language_grid
@@ -203,7 +203,7 @@ def report_text(result: dict) -> str:
 def print_ranks_by_vocabulary(parts: dict[str, dict], data: str) -> None:
     """``report --data``: each generation's rank split by whether every word of its prompt is in the training text
     of ``data`` (its train split's names and keywords), every language pooled."""
-    from brivl.data.datamodule import load_view
+    from brivl.data.views import load_view
     from brivl.generalization import training_words
 
     from .evaluate import concept_id, ranks_by_vocabulary
@@ -251,10 +251,12 @@ def cmd_report(a) -> None:
 def cmd_eval(a) -> None:
     import json
 
-    from brivl.data.datamodule import load_view, to_batch
+    from brivl.data.transforms import to_batch
+
+    from brivl.data.views import load_view
     from brivl.data.emoji import M9, emoji_categories
     from brivl.data.shards import atomic_write_json
-    from brivl.model import create_model
+    from brivl.factory import create_model
 
     from .evaluate import (chance, concept_id, copy_baseline, cross_lingual_consistency, format_generation_table,
                            generation_recall, judge_embed, pick_concepts, positives)

@@ -18,7 +18,7 @@ def concept_language_grid(pipe, samples: Sequence[dict], langs: Sequence[str], s
     the real render, then ``langs``. Returns the grid image."""
     from PIL import Image, ImageDraw
 
-    from brivl.data.datamodule import flatten
+    from brivl.data.transforms import flatten
     from index.grid import draw_label
 
     from .evaluate import generate, noise_seed

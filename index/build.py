@@ -38,6 +38,7 @@ import numpy as np
 from . import factory as fx
 from . import meta
 from .graph import reorder_graph
+from .race import format_race, graph_candidates, race_graphs
 from .common import (FAISS_NAME, FORMAT_VERSION, IDS_NAME, INFO_NAME, IVFDATA_NAME, META_NAME, UserError,
                      atomic_save_npy, atomic_write_json, human_bytes, ids_for_keys, now_iso, parse_memory,
                      c_stdout_silenced, read_faiss, replacing, write_folder)
@@ -299,7 +300,7 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
     """The ``build`` command: returns ``index.json``. ``backend="milvus"``: the vectors go into a Milvus
     collection (``uri``: a server; default an embedded milvus-lite folder inside the index folder).
     ``race``: when the chosen factory is a graph and several graph variants fit the budget, build each on a
-    sample and keep the fastest at the target recall (:func:`index.factory.race_graphs`; ``--factory`` skips it)."""
+    sample and keep the fastest at the target recall (:func:`index.race_graphs`; ``--factory`` skips it)."""
     import faiss
 
     if not 0 < target_recall <= 1:
@@ -334,7 +335,7 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
             f"{' (chosen)' if not factory else ''}, estimated {human_bytes(est)} of {human_bytes(budget)}"
             f"{', on disk' if on_disk else ''}")
     result: dict = {}
-    candidates = fx.graph_candidates(n, d, budget) if (backend == "faiss" and race and not factory and not on_disk
+    candidates = graph_candidates(n, d, budget) if (backend == "faiss" and race and not factory and not on_disk
                                                       and chosen.startswith("HNSW")) else []
 
     def write(tmp: Path) -> None:
@@ -355,10 +356,10 @@ def run_build(emb: str, out: str, factory: str | None = None, max_memory: str = 
             x, _ = load_all(emb_dir, names)
             if len(candidates) > 1:
                 say(f"build: racing {', '.join(candidates)} on a sample (fastest at recall@{k} >= {target_recall})")
-                result["factory_race"] = fx.race_graphs(x, candidates, k, target_recall, ef_construction=ef_construction,
+                result["factory_race"] = race_graphs(x, candidates, k, target_recall, ef_construction=ef_construction,
                                                         seed=seed)
                 chosen = result["factory_race"]["picked"]
-                say(f"build: {fx.format_race(result['factory_race'])} -> {chosen}")
+                say(f"build: {format_race(result['factory_race'])} -> {chosen}")
             index, report = build_index(x, ids, chosen, target_recall, k, n_queries, ef_construction, seed, progress)
             del x
             with replacing(tmp / FAISS_NAME) as p:

@@ -11,9 +11,9 @@ def run_demo(model_dir: str, data: str, queries: list[str] | None = None, k: int
              grid: str = "runs/demo/queries.png", index_dir: str | None = None) -> None:
     """Tables on both views, then the emoji index (``data/index/<model name>``) and example searches."""
     from brivl.cli import ensure_data, run_eval
-    from brivl.data.datamodule import load_view
+    from brivl.data.views import load_view
     from brivl.evaluate import format_table
-    from brivl.model import create_model
+    from brivl.factory import create_model
 
     ensure_data(data)
     model = create_model(model_dir)

@@ -75,7 +75,7 @@ def list_inputs(data: str | os.PathLike, view: str = "closed", files_per_shard: 
             raise UserError(f"--data {data} is a file but not a .tar shard")
         return [InputShard(data.stem, tar=str(data.resolve()))]
     if (data / "manifest.json").is_file():
-        from brivl.data.datamodule import STYLE_PREFIX, view_shards
+        from brivl.data.views import STYLE_PREFIX, view_shards
 
         if STYLE_PREFIX in view:
             raise UserError(f"--view {view}: index embed reads whole shards, so it takes splits (closed, test, "
@@ -184,7 +184,8 @@ def describe_model(model, path: str | None) -> dict:
 
 
 def load_model(path: str):
-    from brivl.model import ConfigMismatchError, UnknownModelError, create_model
+    from brivl.factory import create_model
+    from brivl.model import ConfigMismatchError, UnknownModelError
 
     root = logging.getLogger()
     level = root.level
@@ -206,7 +207,7 @@ def _lightning_parts():
     import torch
     from pytorch_lightning.callbacks import BasePredictionWriter
 
-    from brivl.data.datamodule import to_tensor
+    from brivl.data.transforms import to_tensor
 
     class ShardBatches(torch.utils.data.IterableDataset):
         """Batches of one shard at a time; shards dealt round-robin to (rank, worker)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import factory as fx
 from . import meta, milvus
-from .api import LoadedIndex, load_index, torch_model, verify
+from .loaded import LoadedIndex, load_index, torch_model, verify
 from .common import (FAISS_NAME, IDS_NAME, INFO_NAME, META_NAME, UserError, atomic_save_npy, atomic_write_json,
                      now_iso, replacing, update_folder)
 

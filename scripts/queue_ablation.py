@@ -7,6 +7,10 @@ Each arm is ``configs/ablation/queue-ARM.yaml`` on top of ``configs/ablation/que
 and the three-style base run. A finished (arm, seed) leaves a small record in ``results/queue/ARM-sSEED.json``
 (committed: the validation curve, the closed and held-out-family retrieval, wall time), so arms run in different
 sittings add up to one table; an arm whose record exists is skipped. Checkpoints stay in ``runs/`` (not committed).
+
+An arm longer than one sitting runs in legs: ``pack ARM --seeds S`` turns the run's last checkpoint into a small
+pickle-free resume state in ``results/queue/state/ARM-sS/`` (:mod:`brivl.resume`; commit it), and ``run`` goes on
+from it (``--ckpt_path``) on any machine; the record joins the legs' validation curves and wall times.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,15 +28,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "results" / "queue"
+STATES = RESULTS / "state"
 DATA = "data/emoji-3"
 BASE = ["configs/brivl-emoji.yaml", "configs/brivl-emoji3.yaml", "configs/ablation/queue.yaml"]
 ARMS = ["b32-inbatch", "b32-k1024-m99", "b32-k1024-m999", "b32-k4096-m99", "b32-k4096-m999",
         "b32-k4096-m99-fnm", "b32-inbatch-fixedT", "b32-k4096-m99-fixedT", "b32-k1024-m90", "b32-k256-m99",
         "b256-samples", "b256-steps", "b32-inbatch-9k", "b32-k1024-m99-9k",
-        "b256-samples-9k", "b32-k4096-m99-9k", "b32-k1024-m999-9k", "b32-k4096-m999-9k"]
+        "b256-samples-9k", "b32-k4096-m99-9k", "b32-k1024-m999-9k", "b32-k4096-m999-9k", "b256-steps-9k"]
 # fnm: false-negative masking (no key of the query's own concept is a negative); fixedT: temperature frozen at 0.07;
 # k1024-m90 and k256-m99: fresher keys than k1024-m99 (the staleness check); -9k: the long protocol (9,000 steps at
-# batch 32, so that in-batch has flattened; b256-samples-9k: the same samples at batch 256)
+# batch 32, so that in-batch has flattened; b256-samples-9k: the same samples at batch 256, b256-steps-9k: the same steps)
 
 
 def _py() -> str:
@@ -78,12 +84,20 @@ def run_arm(arm: str, seed: int) -> Path:
     configs = [a for c in BASE + [str(cfg.relative_to(REPO))] for a in ("--config", c)]
     fit = [_py(), "-m", "brivl", "fit", *configs, "--seed_everything", str(seed),
            "--trainer.logger.init_args.name", name]
+    state_dir = STATES / f"{arm}-s{seed}"
+    legs = []
+    if state_dir.exists():  # the earlier legs of this arm, packed by `pack`
+        from brivl.resume import unpack_checkpoint
+
+        ckpt = REPO / "runs" / name / "resume.ckpt"
+        legs = unpack_checkpoint(state_dir, ckpt)["extra"]["legs"]
+        fit += ["--ckpt_path", str(ckpt)]
+        print(f"resuming {name} at step {legs[-1]['step']} from {state_dir.relative_to(REPO)}", flush=True)
     print("===", " ".join(fit[1:]), time.strftime("(%T)"), flush=True)
     t0 = time.time()
     subprocess.run(fit, cwd=REPO, check=True)
     wall = time.time() - t0
-    versions = sorted((REPO / "runs" / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    run = versions[-1]
+    run = latest_run(name)
     export = REPO / "runs" / "export" / name
     subprocess.run([_py(), "-m", "brivl", "export", "--ckpt", str(run / "checkpoints" / "last.ckpt"),
                     "--config", str(run / "config.yaml"), "--out", str(export)], cwd=REPO, check=True)
@@ -105,19 +119,68 @@ def run_arm(arm: str, seed: int) -> Path:
         "queue_size": conf["model"]["queue_size"] if conf["model"]["loss"] == "moco" else None,
         "momentum": conf["model"]["momentum"] if conf["model"]["loss"] == "moco" else None,
         "steps": conf["trainer"]["max_steps"], "samples": conf["trainer"]["max_steps"] * conf["data"]["batch_size"],
-        "wall_s": round(wall, 1), "threads": os.environ.get("OMP_NUM_THREADS"),
-        "val_curve": val_curve(run / "metrics.csv"), "final_logit_scale": final_logit_scale(run / "metrics.csv"),
+        "wall_s": round(wall + sum(leg["wall_s"] for leg in legs), 1), "threads": os.environ.get("OMP_NUM_THREADS"),
+        "val_curve": joined_curve([(state_dir / leg["metrics"], leg["step"]) for leg in legs], run / "metrics.csv"),
+        "final_logit_scale": final_logit_scale(run / "metrics.csv"),
         "views": {v: {"t2i_R@1": _mean_r1(r), "t2i_R@10": _mean_r1(r, "R@10"), "i2t_R@1": _mean_r1(r, "R@1", "i2t"),
                       "per_language_t2i_R@1": {k: m["t2i"]["R@1"] for k, m in r["languages"].items()},
                       "n_images": r.get("n_images")} for v, r in views.items()},
     }
     from brivl.data.shards import atomic_write_json
 
+    if legs:
+        record["legs"] = legs + [{"step": record["steps"], "wall_s": round(wall, 1)}]
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, record)
+    if legs:  # the record holds the joined curve now; the state stays in git history
+        shutil.rmtree(state_dir)
     print(f"wrote {out.relative_to(REPO)}: closed t2i R@1 {record['views']['closed']['t2i_R@1']:.4f}, "
           f"test t2i R@10 {record['views']['test']['t2i_R@10']:.4f}", flush=True)
     return out
+
+
+def latest_run(name: str) -> Path:
+    versions = sorted((REPO / "runs" / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not versions:
+        raise SystemExit(f"no run of {name} under runs/: start it with `python scripts/queue_ablation.py run`")
+    return versions[-1]
+
+
+def joined_curve(legs: list[tuple[Path, int]], last_metrics: Path) -> list[tuple[int, float]]:
+    """The val curve of an arm run in legs: each earlier leg's rows up to the step it was packed at (a leg killed
+    after its last checkpoint validated nothing that the next leg keeps), then the last leg's rows."""
+    curve, start = [], 0
+    for metrics, step in legs:
+        curve += [(s, v) for s, v in val_curve(metrics) if start < s <= step]
+        start = step
+    return curve + [(s, v) for s, v in val_curve(last_metrics) if s > start]
+
+
+def pack_arm(arm: str, seed: int) -> Path:
+    """Pack the last checkpoint of an unfinished (arm, seed) run into its committed resume state."""
+    import torch
+
+    from brivl.resume import pack_checkpoint, read_state
+
+    name = f"queue-{arm}-s{seed}"
+    run = latest_run(name)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        raise SystemExit(f"{run.relative_to(REPO)} has no last.ckpt yet: it is written at the first validation")
+    state_dir = STATES / f"{arm}-s{seed}"
+    legs = read_state(state_dir)["extra"]["legs"] if state_dir.exists() else []
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+    metrics = f"metrics-leg{len(legs) + 1}.csv"
+    # wall time of this leg up to its checkpoint: from the run's config (written at the start) to the checkpoint
+    wall = ckpt.stat().st_mtime - (run / "config.yaml").stat().st_mtime
+    legs = legs + [{"step": step, "wall_s": round(wall, 1), "metrics": metrics, "run": str(run.relative_to(REPO))}]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "metrics.csv", state_dir / metrics)
+    pack_checkpoint(ckpt, state_dir, extra={"arm": arm, "seed": seed, "legs": legs})
+    size = sum(p.stat().st_size for p in state_dir.iterdir()) / 2**20
+    print(f"packed {name} at step {step} into {state_dir.relative_to(REPO)} ({size:.1f} MB): commit it; "
+          f"`python scripts/queue_ablation.py run {arm} --seeds {seed}` goes on from there")
+    return state_dir
 
 
 def load_records() -> dict[str, list[dict]]:
@@ -206,6 +269,9 @@ def main(argv=None) -> None:
     r = sub.add_parser("run")
     r.add_argument("arms", nargs="+", choices=ARMS)
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    pk = sub.add_parser("pack", help="pack an unfinished run's last checkpoint into results/queue/state/ (commit it)")
+    pk.add_argument("arms", nargs="+", choices=ARMS)
+    pk.add_argument("--seeds", type=int, nargs="+", default=[0])
     sub.add_parser("table")
     args = ap.parse_args(argv)
     if args.cmd == "run":
@@ -215,6 +281,10 @@ def main(argv=None) -> None:
         for seed in args.seeds:
             for arm in args.arms:
                 run_arm(arm, seed)
+    elif args.cmd == "pack":
+        for seed in args.seeds:
+            for arm in args.arms:
+                pack_arm(arm, seed)
     else:
         by_arm = load_records()
         if not by_arm:

@@ -47,7 +47,7 @@ def emoji_full(tmp_path_factory) -> Path:
 def _nano_model(tok, out, seed, name):
     import torch
 
-    from brivl.model import create_model
+    from brivl.factory import create_model
 
     torch.manual_seed(seed)
     m = create_model("brivl-nano", tokenizer=str(tok)).eval()

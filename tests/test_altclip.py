@@ -13,7 +13,8 @@ from altclip.losses import TeacherLearningLoss
 from altclip.model import build_student, encode_prompt_states
 from brivl.data.emoji import M9
 from brivl.hf_clip import HFDualTower
-from brivl.model import ConfigMismatchError, create_model
+from brivl.factory import create_model
+from brivl.model import ConfigMismatchError
 from brivl.tokenizer import PAD_ID, train_tokenizer
 
 TEXTS = ["cat face", "chat", "猫", "кошка", "dog", "chien", "犬", "собака", "red heart", "cœur rouge", "赤いハート",

@@ -10,9 +10,10 @@ from brivl.compare import mean_recall, paired_bootstrap, query_hits
 
 
 def test_query_hits_average_to_the_evaluated_recall(emoji_small, models):
-    from brivl.data.datamodule import load_view, to_batch
+    from brivl.data.transforms import to_batch
+    from brivl.data.views import load_view
     from brivl.evaluate import evaluate_model, mean_over_languages
-    from brivl.model import create_model
+    from brivl.factory import create_model
 
     model = create_model(str(models[0]))
     samples, _ = load_view(emoji_small, "closed")

@@ -64,8 +64,8 @@ def test_cli_reports_every_kind_per_language(emoji_small, models, capsys):
     import itertools
     import random
 
-    from brivl.data.datamodule import load_view
-    from brivl.model import create_model
+    from brivl.data.views import load_view
+    from brivl.factory import create_model
 
     model = create_model(str(models[0]))
     samples = load_view(emoji_small, "closed")[0]
@@ -77,7 +77,7 @@ def test_cli_reports_every_kind_per_language(emoji_small, models, capsys):
     assert res["kinds"]["left of"]["languages"]["en"]["caption_cos"] == pytest.approx(ref, abs=2e-4)
     # image_cos: the same for the group's two composed images, A|B and B|A, embedded one by one
     from brivl.compositional import compose
-    from brivl.data.datamodule import to_batch
+    from brivl.data.transforms import to_batch
 
     size, (mean, std) = model.image_size, model.image_mean_std
     cos = []
@@ -124,8 +124,8 @@ def test_order_agreement_against_pairs_scored_one_by_one(emoji_small, models, ca
     to the English caption of the same meaning than to the swapped one, recomputed pair by pair."""
     from brivl.cli import main
     from brivl.compositional import relation_pairs
-    from brivl.data.datamodule import load_view
-    from brivl.model import create_model
+    from brivl.data.views import load_view
+    from brivl.factory import create_model
 
     assert main(["compositional", "--model", str(models[0]), "--data", str(emoji_small), "--langs", "en", "ja",
                  "--relations", "20", "--order-agreement", "--json"]) == 0

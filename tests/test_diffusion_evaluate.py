@@ -58,8 +58,10 @@ def test_generation_recall_counts_any_style_of_the_concept(emoji3_full):
     sample's is found at rank 1 (any render of the concept is a hit); chance counts the concept's renders."""
     from test_diffusion_system import _RenderPipe
 
-    from brivl.data.datamodule import load_view, to_batch
-    from brivl.model import create_model
+    from brivl.data.transforms import to_batch
+
+    from brivl.data.views import load_view
+    from brivl.factory import create_model
     from diffusion.evaluate import generation_recall
 
     judge = create_model("models/brivl-emoji3").eval()
@@ -110,7 +112,7 @@ def test_copy_agreement_by_hand_and_the_report_command(tmp_path, capsys):
 def test_ranks_by_vocabulary_by_hand_and_report_with_data(emoji_small, tmp_path, capsys):
     import json
 
-    from brivl.data.datamodule import load_view
+    from brivl.data.views import load_view
     from diffusion.cli import main
     from diffusion.evaluate import ranks_by_vocabulary
 

@@ -249,8 +249,9 @@ def test_generation_recall_against_brute_force(emoji_small):
     """With a generator that returns the asked concept's real render, every language finds it at rank 1; the
     shuffled-prompt control (concept i drawn from concept perm[i]'s name), the memorization figures and the
     cross-lingual consistency equal brute-force computations."""
-    from brivl.data.datamodule import load_view, to_batch
-    from brivl.model import create_model
+    from brivl.data.transforms import to_batch
+    from brivl.data.views import load_view
+    from brivl.factory import create_model
     from diffusion.evaluate import (cross_lingual_consistency, derangement, format_consistency_table,
                                     format_generation_table, generation_recall, judge_embed, pick_concepts)
 
@@ -323,8 +324,9 @@ def test_bootstrap_interval_and_independent_noise():
 def test_copy_baseline_against_brute_force(emoji_small):
     """The copy baseline: each prompt's nearest training render in the tower's own space (brute force over the
     training renders), ranked among the judge's gallery (brute-force sort); a test concept can never copy itself."""
-    from brivl.data.datamodule import load_view, to_batch
-    from brivl.model import create_model
+    from brivl.data.transforms import to_batch
+    from brivl.data.views import load_view
+    from brivl.factory import create_model
     from diffusion.evaluate import copy_baseline, format_generation_table, generation_recall, judge_embed, pick_concepts
 
     judge = create_model(str(REPO / "models" / "brivl-emoji")).eval()

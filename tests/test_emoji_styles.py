@@ -5,7 +5,7 @@ import json
 import pytest
 
 from brivl.cli import main
-from brivl.data.datamodule import load_view
+from brivl.data.views import load_view
 from brivl.data.emoji import STYLES, MissingSourceError, build_emoji_dataset, family_key, split_of
 
 M9 = ["en", "zh", "es", "fr", "ru", "ar", "ja", "ko", "it"]
@@ -86,7 +86,7 @@ def test_missing_style_sources_name_the_fix(tmp_path):
 def test_style_views_against_the_keys(styled):
     """``style:NAME`` keeps one style's renders; joined with splits (``test+style:openmoji``) it intersects them;
     each equals the filter written out over the closed view, and ``view_size`` counts it."""
-    from brivl.data.datamodule import view_size
+    from brivl.data.views import view_size
 
     closed, _ = load_view(styled, "closed")
     style = {s["key"]: s["meta"].get("style", "noto") for s in closed}

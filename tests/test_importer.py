@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from brivl.cli import main
-from brivl.data.datamodule import load_view
+from brivl.data.views import load_view
 from brivl.data.importer import import_pairs
 from brivl.data.shards import DecodeStats, iter_samples, iter_tar
 

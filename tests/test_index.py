@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from brivl.data.datamodule import load_view, to_batch
-from brivl.model import create_model
+from brivl.data.transforms import to_batch
+
+from brivl.data.views import load_view
+from brivl.factory import create_model
 from conftest import REPO
 from index import api, meta
 from index.build import run_build

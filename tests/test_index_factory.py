@@ -5,6 +5,7 @@ import pytest
 
 from index import factory as fx
 from index import graph
+from index.race import GRAPH_CANDIDATES, RACE_TIE, graph_candidates, race_graphs
 from index.build import build_index
 from index.common import UserError, ids_for_keys, key_to_id, parse_memory
 
@@ -233,16 +234,16 @@ def test_race_graphs_picks_the_fastest_that_reaches_the_target():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    rep = fx.race_graphs(x, list(fx.GRAPH_CANDIDATES), k=10, target=0.9, sample=2500, n_queries=100, rounds=2)
+    rep = race_graphs(x, list(GRAPH_CANDIDATES), k=10, target=0.9, sample=2500, n_queries=100, rounds=2)
     assert rep["sample"] == 2500 and rep["queries"] == 100
-    assert [c["factory"] for c in rep["candidates"]] == list(fx.GRAPH_CANDIDATES)
+    assert [c["factory"] for c in rep["candidates"]] == list(GRAPH_CANDIDATES)
     reached = [c for c in rep["candidates"] if c["reached"]]
     assert reached and all(c["recall"] >= 0.9 for c in reached)
     fastest = min(c["p50_ms"] for c in reached)
-    close = [c["factory"] for c in reached if c["p50_ms"] <= fastest * (1 + fx.RACE_TIE)]
+    close = [c["factory"] for c in reached if c["p50_ms"] <= fastest * (1 + RACE_TIE)]
     smallest = min(close, key=lambda f: fx.estimate_memory(f, 3000, 32))
     assert rep["picked"] == smallest  # the fastest, or a smaller one within the noise margin of it
-    assert fx.graph_candidates(1_000_000, 512, 1 << 30) == ["HNSW32,SQ8"]  # only 8-bit codes fit 1 GiB
+    assert graph_candidates(1_000_000, 512, 1 << 30) == ["HNSW32,SQ8"]  # only 8-bit codes fit 1 GiB
 
 
 def test_build_records_the_race(emb, tmp_path, monkeypatch):
@@ -253,7 +254,7 @@ def test_build_records_the_race(emb, tmp_path, monkeypatch):
     monkeypatch.setattr(fx, "FLAT_MAX_N", 50)  # the 98-vector set counts as large: a graph is chosen
     info = run_build(str(emb), str(tmp_path / "idx"), onnx=False, progress=False)
     race = info["factory_race"]
-    assert info["factory"] == race["picked"] in fx.GRAPH_CANDIDATES and len(race["candidates"]) == 3
+    assert info["factory"] == race["picked"] in GRAPH_CANDIDATES and len(race["candidates"]) == 3
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["factory_race"] == race
     info = run_build(str(emb), str(tmp_path / "norace"), onnx=False, progress=False, race=False)
     assert info["factory"] == "HNSW32,SQfp16" and "factory_race" not in info

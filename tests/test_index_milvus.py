@@ -110,7 +110,7 @@ def test_milvus_backend_matches_exact_search_and_updates_in_step(emb, emoji_smal
 
 
 def _samples(data):
-    from brivl.data.datamodule import load_view
+    from brivl.data.views import load_view
 
     return load_view(data, "closed")[0]
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from brivl.data.datamodule import load_view
+from brivl.data.views import load_view
 from brivl.data.emoji import M9
 from brivl.data.languages import covered_languages, language_coverage, resolve_langs
 from brivl.data.shards import ShardWriter, atomic_write_json

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from brivl.losses import MomentumEncoder, MomentumQueueLoss
-from brivl.model import ConfigMismatchError, UnknownModelError, create_model, load_weights, register_model_configs
+from brivl.factory import create_model, register_model_configs
+from brivl.model import ConfigMismatchError, UnknownModelError, load_weights
 from brivl.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TextTokenizer, train_tokenizer
 from conftest import REPO
 

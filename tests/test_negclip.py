@@ -59,7 +59,8 @@ def test_parallel_order_loss_against_a_written_out_reference():
 def test_composed_items_carry_the_swapped_caption(emoji_small):
     """compose_p = 1: every item is two renders; its caption is a relation template over the two CLDR names in the
     caption's language and its negative the same template with the names swapped; the stream stays deterministic."""
-    from brivl.data.datamodule import ShardDataModule, load_view
+    from brivl.data.datamodule import ShardDataModule
+    from brivl.data.views import load_view
 
     names = {lang: {s["meta"]["names"][lang] for s in load_view(emoji_small, "train")[0]} for lang in ("en", "ja")}
     kw = dict(data_dir=str(emoji_small), batch_size=6, num_workers=0, langs=["en", "ja"], captions_per_image=2,

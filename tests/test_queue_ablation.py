@@ -21,7 +21,9 @@ def test_every_arm_has_a_config_that_differs_only_in_loss_queue_or_batch():
         assert set(cfg["model"]) <= {"loss", "queue_size", "momentum", "mask_same_concept", "learn_temperature"}, arm
         assert set(cfg.get("data", {})) <= {"batch_size"}, arm
         assert cfg["trainer"]["logger"]["init_args"]["name"] == f"queue-{arm}"
-        if arm.endswith("-9k"):  # the long protocol: 9,000 steps at batch 32, or their samples at batch 256
+        if arm.endswith("-9k") and "steps" in arm:  # the long protocol's steps at batch 256 (8x the samples)
+            assert cfg["trainer"]["max_steps"] == 9000 and cfg["data"]["batch_size"] == 256, arm
+        elif arm.endswith("-9k"):  # the long protocol: 9,000 steps at batch 32, or their samples at batch 256
             assert cfg["trainer"]["max_steps"] * cfg.get("data", {}).get("batch_size", 32) == 9000 * 32, arm
         elif "steps" in arm or arm.startswith("b32"):
             assert "max_steps" not in cfg["trainer"]  # the protocol's step count
@@ -36,6 +38,19 @@ def test_val_curve_reads_the_validation_rows(tmp_path):
     q = tmp_path / "scale.csv"
     q.write_text("epoch,logit_scale,step,val/t2i_R@1\n0,14.25,9,\n0,,249,0.125\n0,15.5,259,\n0,,499,0.25\n")
     assert qa.final_logit_scale(q) == 15.5
+
+
+def test_joined_curve_keeps_each_leg_up_to_the_step_it_was_packed_at(tmp_path):
+    head = "epoch,step,train/loss,val/t2i_R@1\n"
+    leg1, leg2, last = tmp_path / "leg1.csv", tmp_path / "leg2.csv", tmp_path / "last.csv"
+    # leg 1 validated at 250 and 500, was packed at 500, and ran on to 620 before it was killed
+    leg1.write_text(head + "0,249,,0.1\n0,499,,0.2\n0,619,4.0,\n")
+    # leg 2 resumed at 500 (its rows start after it), validated at 750 and 1000, packed at 750: 1000 is lost
+    leg2.write_text(head + "0,749,,0.3\n0,999,,0.35\n")
+    last.write_text(head + "0,999,,0.4\n0,1249,,0.5\n")  # the last leg resumed at 750
+    assert qa.joined_curve([(leg1, 500), (leg2, 750)], last) == [(250, 0.1), (500, 0.2), (750, 0.3), (1000, 0.4),
+                                                                  (1250, 0.5)]
+    assert qa.joined_curve([], last) == [(1000, 0.4), (1250, 0.5)]
 
 
 def _record(arm, seed, closed, test, batch=32):

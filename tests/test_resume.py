@@ -1,14 +1,19 @@
 """A fit killed with SIGKILL mid-run resumes from its last checkpoint at the step it had reached and ends with the
 weights of an uninterrupted run of the same seed: the training stream is a pure function of the seed and its
-position is kept in every checkpoint (brivl.data.datamodule.TrainStream)."""
+position is kept in every checkpoint (brivl.data.datamodule.TrainStream). A checkpoint packed into a committed
+resume state (brivl.resume) and rebuilt resumes too, off only by its AdamW moments' rounding to bfloat16."""
 import os
 import signal
+from collections import OrderedDict
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
+
+from brivl.resume import pack_checkpoint, read_state, unpack_checkpoint
 
 from conftest import REPO
 
@@ -59,3 +64,48 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_weights(emoji_small, tmp_p
     # and the kill mattered: the checkpoint it resumed from is not the final model
     _, sd_k = _state(last)
     assert max(float((sd_k[k].float() - sd_f[k].float()).abs().max()) for k in sd_f) > 1e-3
+    # the same checkpoint packed for a commit and rebuilt on "another machine" resumes to the same weights, but
+    # for the moments' bfloat16 rounding (relative 2^-8 of one update, a few steps long)
+    pack_checkpoint(last, tmp_path / "state", extra={"legs": [{"step": step}]})
+    rebuilt = tmp_path / "rebuilt.ckpt"
+    assert unpack_checkpoint(tmp_path / "state", rebuilt)["extra"] == {"legs": [{"step": step}]}
+    packed = _fit(tmp_path, emoji_small, "packed", "--ckpt_path", str(rebuilt))
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    step_p, sd_p = _state(next((tmp_path / "packed").glob("version_*")) / "checkpoints" / "last.ckpt")
+    assert step_p == STEPS
+    worst_p = max(float((sd_p[k].float() - sd_f[k].float()).abs().max()) for k in sd_f)
+    assert worst_p <= 1e-4, worst_p
+
+
+def test_packed_checkpoint_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 3, generator=g)
+    moments = {"step": torch.tensor(7.0), "exp_avg": torch.randn(4, 3, generator=g) * 1e-3,
+               "exp_avg_sq": torch.rand(4, 3, generator=g) * 1e-12}  # below float16's smallest subnormal
+    ck = {"global_step": 7, "epoch": 1, "state_dict": OrderedDict(w=w, ids=torch.arange(5)),
+          "optimizer_states": [{"state": {0: moments}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.98),
+                                                                          "params": [0]}]}],
+          "loops": {"fit_loop": {"total": {"ready": 7}, "is_last_batch": False, "none": None}},
+          "inf": float("inf")}
+    torch.save(ck, tmp_path / "a.ckpt")
+    info = pack_checkpoint(tmp_path / "a.ckpt", tmp_path / "state")
+    assert info["global_step"] == 7 and read_state(tmp_path / "state")["moments_dtype"] == "bfloat16"
+    assert not list((tmp_path / "state").glob(".*tmp*"))  # written through temp files that were renamed
+    unpack_checkpoint(tmp_path / "state", tmp_path / "b.ckpt")
+    re = torch.load(tmp_path / "b.ckpt", weights_only=True)
+    assert torch.equal(re["state_dict"]["w"], w) and torch.equal(re["state_dict"]["ids"], torch.arange(5))
+    st = re["optimizer_states"][0]["state"][0]  # int keys and tuples survive JSON
+    assert st["exp_avg"].dtype == torch.float32 and torch.equal(st["step"], moments["step"])
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert (st[k] > 0).sum() == (moments[k] > 0).sum()  # nothing flushed to zero
+        assert torch.allclose(st[k], moments[k], rtol=2 ** -8, atol=0)
+    assert re["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.98)
+    assert re["loops"] == ck["loops"] and re["inf"] == float("inf") and re["epoch"] == 1
+
+
+def test_packing_refuses_what_it_cannot_keep_and_reading_a_missing_state_says_so(tmp_path):
+    torch.save({"x": {1, 2}}, tmp_path / "a.ckpt")  # a set: not a tensor, container or plain value
+    with pytest.raises(TypeError, match="cannot pack a set at /x"):
+        pack_checkpoint(tmp_path / "a.ckpt", tmp_path / "state")
+    with pytest.raises(FileNotFoundError, match="no packed checkpoint"):
+        read_state(tmp_path / "nothing")

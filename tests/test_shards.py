@@ -150,7 +150,7 @@ def test_style_augmentations_keep_the_shape_and_do_what_they_say():
     one keeps the alpha channel (the emoji's silhouette); off by default; the same rng gives the same image."""
     import random
 
-    from brivl.data.datamodule import TrainAugment
+    from brivl.data.transforms import TrainAugment
 
     img = Image.new("RGBA", (48, 48), (0, 0, 0, 0))
     for x in range(8, 40):

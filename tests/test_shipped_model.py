@@ -110,8 +110,9 @@ GENERATOR = REPO / "models" / "altdiffusion-emoji"
 
 def test_shipped_generator_reproduces_its_eval_ranks(emoji_full):
     """Three seen concepts re-generated from eval.json's settings and seeds land at the ranks it recorded."""
-    from brivl.data.datamodule import load_view, to_batch
-    from brivl.model import create_model
+    from brivl.data.transforms import to_batch
+    from brivl.data.views import load_view
+    from brivl.factory import create_model
     from diffusion.cli import load_pipeline
     from diffusion.evaluate import generation_recall
 

@@ -1,104 +1,24 @@
-"""Shard views, caption sampling, augmentation and the LightningDataModule over WebDataset shards.
+"""Caption sampling, the seeded training stream and the LightningDataModule over WebDataset shards.
 
-A data folder holds shards per split and ``manifest.json`` (see ``emoji.py`` / ``importer.py``).
-Views: ``closed`` (every split: the closed world), a split name (``train``, ``val``, ``test``),
-or several joined by ``+`` (``train+val``); ``style:NAME`` keeps the renders of one drawing style of a
-multi-style emoji build, alone (``style:openmoji``: every split) or with splits (``test+style:openmoji``,
-``train+style:noto+style:twemoji``): the named splits, unioned, and the named styles, unioned, intersected.
+Views (which shards a name such as ``train`` or ``test+style:openmoji`` reads) are :mod:`brivl.data.views`;
+image tensors and the training augmentation are :mod:`brivl.data.transforms`.
 """
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import random
-from pathlib import Path
 from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
 
 from .emoji import sample_style
-from .shards import DecodeStats, decode_sample, iter_samples, iter_tar
+from .shards import DecodeStats, decode_sample
+from .transforms import TrainAugment, to_batch
+from .views import load_manifest, load_view, view_shards, view_size, view_styles
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- views
-
-
-def load_manifest(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: build the data first (`python -m brivl data emoji --out {data_dir}` "
-            f"or `python -m brivl data import SOURCE --out {data_dir}`)"
-        )
-    return json.loads(path.read_text())
-
-
-STYLE_PREFIX = "style:"
-
-
-def _view_parts(view: str) -> tuple[list[str], list[str]]:
-    """``view`` -> (split parts, style names) as written."""
-    parts = view.split("+")
-    styles = [p[len(STYLE_PREFIX):] for p in parts if p.startswith(STYLE_PREFIX)]
-    return [p for p in parts if not p.startswith(STYLE_PREFIX)], styles
-
-
-def view_splits(manifest: dict, view: str) -> list[str]:
-    """The splits a view reads (every split for ``closed``, ``all`` or a view of styles only)."""
-    splits = list(manifest["splits"])
-    names, _ = _view_parts(view)
-    names = splits if names in ([], ["closed"], ["all"]) else names
-    bad = [n for n in names if n not in splits]
-    if bad:
-        raise ValueError(f"unknown view {view!r}: this data has splits {splits} (or 'closed' for all of them), "
-                         f"optionally with styles: {', '.join(STYLE_PREFIX + st for st in data_styles(manifest))}")
-    return names
-
-
-def data_styles(manifest: dict) -> list[str]:
-    """The drawing styles of a data folder: those its manifest counts, else the one style of a Noto-only build."""
-    return list(manifest.get("styles") or {}) or ["noto"]
-
-
-def view_styles(manifest: dict, view: str) -> set[str] | None:
-    """The styles a view keeps, or ``None`` for every style (an unknown style lists the known ones)."""
-    _, styles = _view_parts(view)
-    if not styles:
-        return None
-    known = data_styles(manifest)
-    bad = [st for st in styles if st not in known]
-    if bad:
-        raise ValueError(f"unknown style {bad[0]!r} in view {view!r}: this data has the styles "
-                         f"{', '.join(known)} (views: {', '.join(STYLE_PREFIX + st for st in known)})")
-    return set(styles)
-
-
-def view_shards(data_dir: str | Path, view: str) -> list[str]:
-    manifest = load_manifest(data_dir)
-    return [str(Path(data_dir) / s) for n in view_splits(manifest, view) for s in manifest["splits"][n]["shards"]]
-
-
-def view_size(data_dir: str | Path, view: str) -> int:
-    """How many samples a view holds (the manifest's counts; a view of styles counts the keys in its shards)."""
-    manifest = load_manifest(data_dir)
-    styles = view_styles(manifest, view)
-    if styles is None:
-        return sum(manifest["splits"][s]["count"] for s in view_splits(manifest, view))
-    return sum(sample_style(raw["__key__"]) in styles for shard in view_shards(data_dir, view)
-               for raw in iter_tar(shard))
-
-
-def load_view(data_dir: str | Path, view: str) -> tuple[list[dict], DecodeStats]:
-    """Every decoded sample of a view, in shard order (for evaluation and indexing)."""
-    stats = DecodeStats()
-    styles = view_styles(load_manifest(data_dir), view)
-    samples = [s for s in iter_samples(view_shards(data_dir, view), stats)
-               if styles is None or sample_style(s["key"]) in styles]
-    return samples, stats
 
 
 # --------------------------------------------------------------------------- text
@@ -133,97 +53,6 @@ class CaptionSampler:
             k = rng.randint(1, min(self.max_keywords, len(keywords)))
             return " ".join(rng.sample(keywords, k))
         return rng.choice(meta["captions"][lang])
-
-
-# --------------------------------------------------------------------------- images
-
-
-def to_tensor(image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Clean render: composite transparency on white, resize, normalize -> (3, size, size)."""
-    from PIL import Image
-
-    image = flatten(image, (255, 255, 255))
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return _normalize(image, mean, std)
-
-
-def to_batch(samples: list[dict], size: int, mean, std) -> torch.Tensor:
-    """Clean renders of decoded samples stacked into one (N, 3, size, size) tensor."""
-    return torch.stack([to_tensor(s["image"], size, mean, std) for s in samples])
-
-
-def flatten(image, background: tuple[int, int, int]):
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA", "P"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, background + (255,))
-        canvas.alpha_composite(image)
-        return canvas.convert("RGB")
-    return image.convert("RGB")
-
-
-def _normalize(image, mean, std) -> torch.Tensor:
-    import numpy as np
-
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-
-
-class TrainAugment:
-    """Rendering-level augmentation: random scale and position on a random light background, and, each with its
-    own probability, the drawing-style changes that help a model carry a concept across styles (measured in an
-    ablation on a held-out style, not assumed): ``grayscale``; ``jitter`` (brightness, contrast, saturation each
-    scaled by a factor in [1 - j, 1 + j], hue rotated by up to j / 2 of the circle); ``blur`` (Gaussian, radius
-    0.5-1.5 px at the render's size); ``outline`` (the drawing reduced to its dark contour lines on its own
-    silhouette, a line-art style). The alpha channel (the emoji's shape) is kept by all of them."""
-
-    def __init__(self, size: int, mean, std, scale: tuple[float, float] = (0.6, 1.0), bg_min: int = 180,
-                 grayscale: float = 0.0, jitter: float = 0.0, jitter_p: float = 0.0, blur: float = 0.0,
-                 outline: float = 0.0):
-        self.size, self.mean, self.std, self.scale, self.bg_min = size, mean, std, scale, bg_min
-        self.grayscale, self.jitter, self.jitter_p, self.blur, self.outline = grayscale, jitter, jitter_p, blur, outline
-
-    def restyle(self, image, rng: random.Random):
-        """The style changes of the augmentation, applied to an RGBA image (alpha kept)."""
-        from PIL import Image, ImageEnhance, ImageFilter, ImageOps
-
-        rgb, alpha = image.convert("RGB"), image.getchannel("A")
-        if self.outline and rng.random() < self.outline:
-            edges = ImageOps.invert(rgb.convert("L").filter(ImageFilter.FIND_EDGES)).point(lambda v: 0 if v < 200 else 255)
-            rgb = Image.merge("RGB", [edges] * 3)
-        if self.jitter_p and rng.random() < self.jitter_p:
-            j = self.jitter
-            for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-                rgb = enhance(rgb).enhance(rng.uniform(1 - j, 1 + j))
-            h, sat, v = rgb.convert("HSV").split()
-            shift = round(rng.uniform(-j / 2, j / 2) * 255)
-            rgb = Image.merge("HSV", (h.point(lambda x: (x + shift) % 256), sat, v)).convert("RGB")
-        if self.grayscale and rng.random() < self.grayscale:
-            rgb = rgb.convert("L").convert("RGB")
-        if self.blur and rng.random() < self.blur:
-            rgb = rgb.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5) * image.size[0] / self.size))
-        out = rgb.convert("RGBA")
-        out.putalpha(alpha)
-        return out
-
-    def __call__(self, image, rng: random.Random) -> torch.Tensor:
-        from PIL import Image
-
-        bg = tuple(rng.randint(self.bg_min, 255) for _ in range(3))
-        s = max(1, round(self.size * rng.uniform(*self.scale)))
-        if image.mode in ("RGBA", "LA", "P"):
-            fg = self.restyle(image.convert("RGBA"), rng).resize((s, s), Image.Resampling.BICUBIC)
-            canvas = Image.new("RGBA", (self.size, self.size), bg + (255,))
-            canvas.alpha_composite(fg, (rng.randint(0, self.size - s), rng.randint(0, self.size - s)))
-            return _normalize(canvas.convert("RGB"), self.mean, self.std)
-        # photos: random resized crop
-        w, h = image.size
-        side = max(1, round(min(w, h) * rng.uniform(*self.scale)))
-        x0, y0 = rng.randint(0, w - side), rng.randint(0, h - side)
-        crop = image.convert("RGB").crop((x0, y0, x0 + side, y0 + side)).resize((self.size, self.size))
-        return _normalize(crop, self.mean, self.std)
 
 
 # --------------------------------------------------------------------------- training stream

@@ -104,7 +104,6 @@ class EmojiRenderer:
         return canvas.crop(bbox) if bbox else None
 
     def __call__(self, cp: str):
-        from PIL import Image
 
         img = self._raw(cp)
         if img is None:

@@ -12,7 +12,7 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
-from .datamodule import load_manifest, view_shards
+from .views import load_manifest, view_shards
 
 MIN_COVERAGE = 0.8
 ALL = "all"
