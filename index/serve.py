@@ -34,7 +34,7 @@ from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from . import api
-from .common import INFO_NAME, UserError, key_to_id
+from .common import INFO_NAME, UserError, key_to_id, read_info
 
 WEB_DIR = Path(__file__).with_name("web")
 TOKEN_ENV = "INDEX_SERVE_TOKEN"
@@ -62,7 +62,7 @@ class ServedIndex:
         except FileNotFoundError:
             if self.idx is not None:  # another process is renaming a new folder in: serve the one we have
                 return self.idx
-            api.read_info(self.path)  # raises the one-line UserError
+            read_info(self.path)  # raises the one-line UserError
             raise
         if signature != self._signature:
             try:
@@ -383,7 +383,7 @@ def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, workers: in
     from uvicorn.supervisors import Multiprocess
 
     config = {"index_dir": str(index_dir), **options}
-    info = api.read_info(index_dir)
+    info = read_info(index_dir)
     if workers > 1 and info.get("backend") == "milvus" and not info["milvus"].get("uri"):
         raise UserError(f"{index_dir} keeps its vectors in an embedded milvus-lite folder, which one process opens "
                         "at a time: serve it with --workers 1, or build it on a Milvus server "

@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import REPO
 from index import api
+from index.common import read_info
 from index.cli import main
 from index.serve import create_app
 
@@ -84,7 +85,7 @@ def test_text_vector_and_image_search_match_the_python_api(client, index_copy):
 
 
 def test_bad_input_is_a_one_line_4xx_and_the_server_keeps_serving(client, index_copy):
-    n = api.read_info(index_copy)["count"]
+    n = read_info(index_copy)["count"]
     assert "no query" in _error(client.get("/search"), 400)
     assert "empty" in _error(client.get("/search", params={"q": "   "}), 400)
     assert "UTF-8" in _error(client.get("/search?q=%FF%FE"), 400)
@@ -92,7 +93,7 @@ def test_bad_input_is_a_one_line_4xx_and_the_server_keeps_serving(client, index_
     assert "between 1" in _error(client.get("/search", params={"q": "cat", "k": 0}), 400)
     assert "integer" in _error(client.get("/search", params={"q": "cat", "k": "ten"}), 400)
     assert f"exceeds the {n} items" in _error(client.get("/search", params={"q": "cat", "k": min(n + 1, 1000)}), 400)
-    dim = api.read_info(index_copy)["dim"]
+    dim = read_info(index_copy)["dim"]
     assert f"dimension {dim + 1}" in _error(client.post("/search/vector", json={"vector": [0.1] * (dim + 1)}), 400)
     assert "JSON" in _error(client.post("/search/vector", content=b"{not json"), 400)
     assert "flat list" in _error(client.post("/search/vector", json={"vector": ["a", "b"]}), 400)
@@ -140,7 +141,7 @@ def test_writes_need_the_token_and_a_second_worker_sees_them(index_copy, models,
     # a restart serves the same folder
     with TestClient(create_app(index_copy)) as again:
         assert again.get("/healthz").json()["count"] == n
-    assert api.read_info(index_copy)["count"] == n
+    assert read_info(index_copy)["count"] == n
     idx = api.load_index(index_copy)
     try:
         api.verify(idx)  # FAISS ids, ids.npy and meta.sqlite still agree
