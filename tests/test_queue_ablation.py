@@ -93,3 +93,52 @@ def test_plateau_and_rolling_mean_against_hand_computed_values():
     assert qa.rolling_mean([1, 4, 5], [1.0, 3.0, 5.0], 2) == [1.0, 3.0, 4.0]  # a window in x, not in points
     with pytest.raises(ValueError, match="no two quarters"):
         qa.plateau([(250, 0.1)])
+
+
+def test_an_arm_run_in_legs_packs_resumes_and_joins_its_record(tmp_path, monkeypatch, capsys):
+    """`pack` then `run` with the training, export and evaluation faked: the second leg starts from the rebuilt
+    checkpoint, and the record joins both legs' curves and wall times; the committed state is then removed."""
+    import subprocess
+
+    import torch
+
+    arm, name = "b256-steps-9k", "queue-b256-steps-9k-s0"
+    monkeypatch.setattr(qa, "REPO", tmp_path)
+    monkeypatch.setattr(qa, "RESULTS", tmp_path / "results" / "queue")
+    monkeypatch.setattr(qa, "STATES", tmp_path / "results" / "queue" / "state")
+    (tmp_path / "configs" / "ablation").mkdir(parents=True)
+    (tmp_path / "configs" / "ablation" / f"queue-{arm}.yaml").write_text("trainer: {max_steps: 9000}\n")
+    conf = "data: {langs: [en], batch_size: 256}\nmodel: {loss: clip}\ntrainer: {max_steps: 9000}\n"
+    head = "epoch,logit_scale,step,val/t2i_R@1\n"
+
+    def leg(version, step, rows):
+        run = tmp_path / "runs" / name / f"version_{version}"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text(conf)
+        (run / "metrics.csv").write_text(head + rows)
+        torch.save({"global_step": step, "state_dict": {"w": torch.ones(2)}}, run / "checkpoints" / "last.ckpt")
+
+    leg(0, 250, "0,,249,0.1\n0,15.0,259,\n")  # leg 1: validated (and checkpointed) at 250, killed at 260
+    qa.pack_arm(arm, 0)
+    assert "packed queue-b256-steps-9k-s0 at step 250" in capsys.readouterr().out
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        if "fit" in cmd:
+            ckpt = cmd[cmd.index("--ckpt_path") + 1]
+            assert torch.load(ckpt, weights_only=True)["global_step"] == 250  # rebuilt from the packed state
+            leg(1, 9000, "0,,499,0.2\n0,18.5,8999,\n0,,8999,0.3\n")
+        if "eval" in cmd:
+            r = {"languages": {"en": {"t2i": {"R@1": 0.5, "R@10": 0.9}, "i2t": {"R@1": 0.4}}}, "n_images": 10}
+            return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(r))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(qa.subprocess, "run", fake_run)
+    rec = json.loads(qa.run_arm(arm, 0).read_text())
+    assert [c[3] for c in calls] == ["fit", "export", "eval", "eval"]
+    assert rec["val_curve"] == [[250, 0.1], [500, 0.2], [9000, 0.3]] and rec["final_logit_scale"] == 18.5
+    assert [leg["step"] for leg in rec["legs"]] == [250, 9000]
+    assert rec["wall_s"] == pytest.approx(sum(leg["wall_s"] for leg in rec["legs"]), abs=0.11)
+    assert rec["steps"] == 9000 and rec["samples"] == 9000 * 256
+    assert not (tmp_path / "results" / "queue" / "state" / f"{arm}-s0").exists()
