@@ -31,7 +31,7 @@ MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor], moments_dtype: torch.dtype) -> Any:
     """JSON-able skeleton of a checkpoint; tensors go to ``tensors`` under their path."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
+        t = obj.detach().cpu().clone()  # a copy each: callbacks keep one score tensor under several names
         ref = {"$tensor": path, "dtype": str(t.dtype).removeprefix("torch.")}
         if path.rsplit("/", 1)[-1] in MOMENT_KEYS and t.is_floating_point():
             t = t.to(moments_dtype)

@@ -160,6 +160,7 @@ def pack_arm(arm: str, seed: int) -> Path:
     """Pack the last checkpoint of an unfinished (arm, seed) run into its committed resume state."""
     import torch
 
+    from brivl.data.shards import write_folder_atomically
     from brivl.resume import pack_checkpoint, read_state
 
     name = f"queue-{arm}-s{seed}"
@@ -174,9 +175,14 @@ def pack_arm(arm: str, seed: int) -> Path:
     # wall time of this leg up to its checkpoint: from the run's config (written at the start) to the checkpoint
     wall = ckpt.stat().st_mtime - (run / "config.yaml").stat().st_mtime
     legs = legs + [{"step": step, "wall_s": round(wall, 1), "metrics": metrics, "run": str(run.relative_to(REPO))}]
-    state_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "metrics.csv", state_dir / metrics)
-    pack_checkpoint(ckpt, state_dir, extra={"arm": arm, "seed": seed, "legs": legs})
+
+    def write(tmp: Path) -> None:  # the earlier legs' curves, this leg's, and the packed checkpoint
+        for leg in legs[:-1]:
+            shutil.copyfile(state_dir / leg["metrics"], tmp / leg["metrics"])
+        shutil.copyfile(run / "metrics.csv", tmp / metrics)
+        pack_checkpoint(ckpt, tmp, extra={"arm": arm, "seed": seed, "legs": legs})
+
+    write_folder_atomically(state_dir, write)  # a failure midway leaves the previous state as it was
     size = sum(p.stat().st_size for p in state_dir.iterdir()) / 2**20
     print(f"packed {name} at step {step} into {state_dir.relative_to(REPO)} ({size:.1f} MB): commit it; "
           f"`python scripts/queue_ablation.py run {arm} --seeds {seed}` goes on from there")

@@ -87,6 +87,8 @@ def test_packed_checkpoint_round_trip(tmp_path):
                                                                           "params": [0]}]}],
           "loops": {"fit_loop": {"total": {"ready": 7}, "is_last_batch": False, "none": None}},
           "inf": float("inf")}
+    score = torch.tensor(0.25)  # Lightning's ModelCheckpoint keeps one tensor as several scores
+    ck["callbacks"] = {"ModelCheckpoint{'monitor': 'val'}": {"best_model_score": score, "kth_value": score}}
     torch.save(ck, tmp_path / "a.ckpt")
     info = pack_checkpoint(tmp_path / "a.ckpt", tmp_path / "state")
     assert info["global_step"] == 7 and read_state(tmp_path / "state")["moments_dtype"] == "bfloat16"
@@ -101,6 +103,7 @@ def test_packed_checkpoint_round_trip(tmp_path):
         assert torch.allclose(st[k], moments[k], rtol=2 ** -8, atol=0)
     assert re["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.98)
     assert re["loops"] == ck["loops"] and re["inf"] == float("inf") and re["epoch"] == 1
+    assert all(float(v) == 0.25 for v in re["callbacks"]["ModelCheckpoint{'monitor': 'val'}"].values())
 
 
 def test_packing_refuses_what_it_cannot_keep_and_reading_a_missing_state_says_so(tmp_path):
