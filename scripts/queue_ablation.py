@@ -183,7 +183,7 @@ def pack_arm(arm: str, seed: int) -> Path:
         pack_checkpoint(ckpt, tmp, extra={"arm": arm, "seed": seed, "legs": legs})
 
     write_folder_atomically(state_dir, write)  # a failure midway leaves the previous state as it was
-    size = sum(p.stat().st_size for p in state_dir.iterdir()) / 2**20
+    size = sum(p.stat().st_size for p in state_dir.iterdir()) / 1e6
     print(f"packed {name} at step {step} into {state_dir.relative_to(REPO)} ({size:.1f} MB): commit it; "
           f"`python scripts/queue_ablation.py run {arm} --seeds {seed}` goes on from there")
     return state_dir
