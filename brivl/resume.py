@@ -16,12 +16,15 @@ the original but for that rounding).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .data.shards import atomic_write_bytes, atomic_write_json
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -68,9 +71,7 @@ def pack_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike, extra: 
     """Write ``ckpt`` (a Lightning checkpoint written by this machine's own run) into ``out_dir`` as
     ``state.safetensors`` + ``state.json`` (each through a temp file and a rename); ``extra`` (plain JSON, e.g.
     the legs so far) is kept beside it. Returns the JSON written."""
-    from safetensors.torch import save_file
-
-    from .data.shards import atomic_write_json
+    from safetensors.torch import save
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -78,10 +79,7 @@ def pack_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike, extra: 
             "moments_dtype": str(moments_dtype).removeprefix("torch."), "extra": extra or {},
             "checkpoint": _encode(ck, "", tensors, moments_dtype)}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{STATE_TENSORS}.tmp{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / STATE_TENSORS)
+    atomic_write_bytes(out / STATE_TENSORS, save(tensors))
     atomic_write_json(out / STATE_JSON, info)
     return info
 
@@ -101,9 +99,7 @@ def unpack_checkpoint(state_dir: str | os.PathLike, out_ckpt: str | os.PathLike)
 
     info = read_state(state_dir)
     ck = _decode(info["checkpoint"], load_file(str(Path(state_dir) / STATE_TENSORS)))
-    out = Path(out_ckpt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    torch.save(ck, tmp)
-    os.replace(tmp, out)
+    buf = io.BytesIO()
+    torch.save(ck, buf)
+    atomic_write_bytes(out_ckpt, buf.getvalue())
     return info
