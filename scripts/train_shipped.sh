@@ -35,6 +35,8 @@
 #     heldout      the held-out style ablation: noto+twemoji only, without and with style augmentations
 #                  (configs/ablation/heldout-openmoji*.yaml) -> runs/export/heldout-openmoji{,-aug}
 #     heldout-aug  its second arm alone (with style augmentations)
+#     heldout-full the held-out style protocol at brivl3's budget and recipe: noto+twemoji only
+#                  (configs/brivl-emoji3.yaml + configs/ablation/heldout-openmoji-full.yaml) -> runs/export/heldout-openmoji-full
 #     negclip      the NegCLIP ablation: 300 more steps of models/brivl-emoji with and without composed items and
 #                  hard negatives (configs/ablation/negclip*.yaml) -> runs/export/negclip{,-control}
 #     negclip-control-900  the control (no composites) for 900 steps, like-for-like with the 900-step arms
@@ -194,6 +196,10 @@ for stage in "$@"; do
         EVAL_DATA=data/emoji-3 fit_export brivl brivl "heldout-openmoji$arm" "runs/export/heldout-openmoji$arm" "" \
           "${cfgs[@]}" --data.num_workers "$WORKERS"
       done ;;
+    heldout-full) need_emoji3
+      EVAL_DATA=data/emoji-3 fit_export brivl brivl heldout-openmoji-full runs/export/heldout-openmoji-full "" \
+        --config configs/brivl-emoji.yaml --config configs/brivl-emoji3.yaml \
+        --config configs/ablation/heldout-openmoji-full.yaml --data.num_workers "$WORKERS" ;;
     negclip) for arm in "" -control; do
         cfgs=(--config configs/brivl-emoji.yaml --config configs/ablation/negclip.yaml)
         [ -n "$arm" ] && cfgs+=(--config configs/ablation/negclip-control.yaml)
@@ -230,6 +236,6 @@ for stage in "$@"; do
     diffusion) diffusion_leg altdiffusion-emoji-cpu models/altdiffusion-emoji --config configs/altdiffusion-emoji-cpu.yaml ;;
     diffusion3) need_emoji3; diffusion_leg altdiffusion-emoji3-cpu runs/export/altdiffusion-emoji3 \
         --config configs/altdiffusion-emoji-cpu.yaml --config configs/altdiffusion-emoji3-cpu.yaml ;;
-    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more distill-all-wide distill-all-wide-more contrastive-all contrastive-all-wide brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (brivl teacher distill contrastive scratch scratch-fair m18 distill-all distill-all-more distill-all-wide distill-all-wide-more contrastive-all contrastive-all-wide brivl3 brivl3-more teacher3 distill3 distill3-more contrastive3 contrastive3-unlocked scratch-fair3 heldout heldout-aug heldout-full negclip negclip-control-900 negclip-mirror negclip-swapsep negclip-parallel negclip-parallel-low negclip-parallel-p05 negclip-wise diffusion diffusion3)" >&2; exit 2 ;;
   esac
 done
