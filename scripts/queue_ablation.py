@@ -234,9 +234,11 @@ def rolling_mean(x: list[float], v: list[float], width: float) -> list[float]:
     return [statistics.fmean([vj for xj, vj in zip(x, v) if xi - width < xj <= xi]) for xi in x]
 
 
-def plot(by_arm: dict[str, list[dict]], out: Path, arms: list[str] | None = None, smooth: int = 1) -> None:
+def plot(by_arm: dict[str, list[dict]], out: Path, arms: list[str] | None = None, smooth: int = 1,
+         log_x: bool = False) -> None:
     """Val curves against samples seen; `arms` keeps a subset, `smooth` > 1 draws a trailing mean over the samples
-    of that many batch-32 validations (250 steps each) over the raw curve (faint)."""
+    of that many batch-32 validations (250 steps each) over the raw curve (faint); `log_x` for arms whose sample
+    counts differ by an order of magnitude (batch 256 for as many steps as batch 32 sees 8x the samples)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,7 +261,9 @@ def plot(by_arm: dict[str, list[dict]], out: Path, arms: list[str] | None = None
                 ax.plot(x, v, alpha=0.2, color=colour)
                 v = rolling_mean(x, list(v), smooth * 250)
             ax.plot(x, v, label=arm if i == 0 else None, alpha=0.8, color=colour)
-    ax.set_xlabel("samples seen / 32 (= steps at batch 32)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("samples seen / 32 (= steps at batch 32)" + (", log scale" if log_x else ""))
     ax.set_ylabel("val t2i R@1" + (f" (trailing mean over {smooth * 250} steps' samples)" if smooth > 1 else ""))
     ax.set_title("momentum queue vs in-batch InfoNCE (val families, three styles)")
     ax.legend(fontsize=8)
@@ -299,7 +303,7 @@ def main(argv=None) -> None:
         plot(by_arm, RESULTS / "val_curves.png", arms=[a for a in by_arm if not a.endswith("-9k")])
         long = [a for a in by_arm if a.endswith("-9k")]
         if long:  # the long protocol, smoothed: 69 val families make a raw curve jump by 0.014 a concept
-            plot(by_arm, RESULTS / "val_curves_9k.png", arms=long, smooth=8)
+            plot(by_arm, RESULTS / "val_curves_9k.png", arms=long, smooth=8, log_x=True)
         print(f"curves: {(RESULTS / 'val_curves.png').relative_to(REPO)}"
               + (f", {(RESULTS / 'val_curves_9k.png').relative_to(REPO)}" if long else ""))
 
