@@ -65,7 +65,12 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_weights(emoji_small, tmp_p
     _, sd_k = _state(last)
     assert max(float((sd_k[k].float() - sd_f[k].float()).abs().max()) for k in sd_f) > 1e-3
     # the same checkpoint packed for a commit and rebuilt on "another machine" resumes to the same weights, but
-    # for the moments' bfloat16 rounding (relative 2^-8 of one update, a few steps long)
+    # for the moments' bfloat16 rounding: an AdamW step moves a weight by about lr at most, and rounding m and v to
+    # bfloat16 changes that step by a relative 2^-8 (m) + 2^-9 (v, under the square root); over the resumed steps
+    # that is 6 x 0.002 x 0.0059 = 7e-5 to first order (1.1e-4 measured: the changed weights feed the next
+    # gradients). 4x the first-order figure stays well under one lost update (lr = 2e-3: moments dropped or reset)
+    lr = yaml.safe_load((REPO / "configs" / "brivl-emoji.yaml").read_text())["model"]["lr"]
+    tol_packed = 4 * (STEPS - step) * lr * (2**-8 + 2**-9)
     pack_checkpoint(last, tmp_path / "state", extra={"legs": [{"step": step}]})
     rebuilt = tmp_path / "rebuilt.ckpt"
     assert unpack_checkpoint(tmp_path / "state", rebuilt)["extra"] == {"legs": [{"step": step}]}
@@ -74,7 +79,7 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_weights(emoji_small, tmp_p
     step_p, sd_p = _state(next((tmp_path / "packed").glob("version_*")) / "checkpoints" / "last.ckpt")
     assert step_p == STEPS
     worst_p = max(float((sd_p[k].float() - sd_f[k].float()).abs().max()) for k in sd_f)
-    assert worst_p <= 1e-4, worst_p
+    assert worst_p <= tol_packed < lr / 5, (worst_p, tol_packed)
 
 
 def test_packed_checkpoint_round_trip(tmp_path):
