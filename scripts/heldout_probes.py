@@ -98,7 +98,7 @@ def expand(text: str, known: set[str], wordnet: tuple[dict, dict, dict], mode: s
     for w in name_words(text, "en"):
         lemma = None if w in known else lemma_of(w, senses, exceptions)
         if lemma is not None:
-            words, gloss, hyper = synsets[senses[lemma][0]]
+            _, gloss, hyper = synsets[senses[lemma][0]]
             extra += [gloss] if mode == "gloss" else [synsets[h][0][0] for h in hyper[:1]]
     return ", ".join([text, *extra])
 
@@ -141,7 +141,7 @@ def embed(model, samples: list[dict], texts: dict[str, list[str]]):
 def cmd_lexicon(a, samples, by_lang) -> None:
     wordnet = load_wordnet()
     known = training_words(load_view(a.data, "train")[0], ["en"])["en"]
-    texts, pos = by_lang["en"]
+    texts = by_lang["en"][0]
     new = {"en": torch.tensor([any(w not in known for w in name_words(t, "en")) for t in texts])}
     covered = sum(all(w in known or lemma_of(w, wordnet[0], wordnet[2]) for w in name_words(t, "en"))
                   for t, n in zip(texts, new["en"]) if n)
