@@ -65,21 +65,29 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_weights(emoji_small, tmp_p
     _, sd_k = _state(last)
     assert max(float((sd_k[k].float() - sd_f[k].float()).abs().max()) for k in sd_f) > 1e-3
     # the same checkpoint packed for a commit and rebuilt on "another machine" resumes to the same weights, but
-    # for the moments' bfloat16 rounding: an AdamW step moves a weight by about lr at most, and rounding m and v to
-    # bfloat16 changes that step by a relative 2^-8 (m) + 2^-9 (v, under the square root); over the resumed steps
-    # that is 6 x 0.002 x 0.0059 = 7e-5 to first order (1.1e-4 measured: the changed weights feed the next
-    # gradients). 4x the first-order figure stays well under one lost update (lr = 2e-3: moments dropped or reset)
+    # for the moments' bfloat16 rounding: a relative 2^-8 (m) + 2^-9 (v, under the square root) on each AdamW step,
+    # 6 x lr x 0.0059 = 7e-5 to first order over the resumed steps, which the next gradients amplify by a factor that
+    # varies from run to run (1.1e-4, 3.8e-4 and 5.3e-4 measured). So the test measures its
+    # own yardstick: the same checkpoint resumed with its moments lost (zeroed), the failure packing must not have.
     lr = yaml.safe_load((REPO / "configs" / "brivl-emoji.yaml").read_text())["model"]["lr"]
-    tol_packed = 4 * (STEPS - step) * lr * (2**-8 + 2**-9)
     pack_checkpoint(last, tmp_path / "state", extra={"legs": [{"step": step}]})
     rebuilt = tmp_path / "rebuilt.ckpt"
     assert unpack_checkpoint(tmp_path / "state", rebuilt)["extra"] == {"legs": [{"step": step}]}
-    packed = _fit(tmp_path, emoji_small, "packed", "--ckpt_path", str(rebuilt))
-    assert packed.returncode == 0, packed.stderr[-3000:]
-    step_p, sd_p = _state(next((tmp_path / "packed").glob("version_*")) / "checkpoints" / "last.ckpt")
-    assert step_p == STEPS
-    worst_p = max(float((sd_p[k].float() - sd_f[k].float()).abs().max()) for k in sd_f)
-    assert worst_p <= tol_packed < lr / 5, (worst_p, tol_packed)
+    lost = torch.load(rebuilt, map_location="cpu", weights_only=True)
+    for moments in lost["optimizer_states"][0]["state"].values():
+        moments["exp_avg"].zero_()
+        moments["exp_avg_sq"].zero_()
+    torch.save(lost, tmp_path / "lost.ckpt")
+    worst_of = {}
+    for name, ckpt in (("packed", rebuilt), ("lost", tmp_path / "lost.ckpt")):
+        run = _fit(tmp_path, emoji_small, name, "--ckpt_path", str(ckpt))
+        assert run.returncode == 0, run.stderr[-3000:]
+        step_p, sd_p = _state(next((tmp_path / name).glob("version_*")) / "checkpoints" / "last.ckpt")
+        assert step_p == STEPS
+        worst_of[name] = max(float((sd_p[k].float() - sd_f[k].float()).abs().max()) for k in sd_f)
+    # packed: under one AdamW step (~lr) and at least 2x closer than lost moments (measured: packed 5.3e-4, lost
+    # 4.3e-3 in one run; a pack_checkpoint that dropped the moments gave 4.5e-3)
+    assert worst_of["packed"] < lr and 2 * worst_of["packed"] < worst_of["lost"], (worst_of, lr)
 
 
 def test_packed_checkpoint_round_trip(tmp_path):
