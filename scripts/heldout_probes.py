@@ -20,6 +20,7 @@ model's (queries resampled in pairs, ``brivl.stats.paired_ci``).
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ from brivl.evaluate import recall_at_k, texts_by_language  # noqa: E402
 from brivl.factory import create_model  # noqa: E402
 from brivl.generalization import name_words, training_words  # noqa: E402
 from brivl.stats import paired_ci  # noqa: E402
+from brivl.wise_ft import interpolate, same_tokenizer  # noqa: E402
 
 WORDNET = Path("/usr/share/wordnet")
 POS = ("noun", "verb", "adj", "adv")
@@ -165,19 +167,22 @@ def cmd_lexicon(a, samples, by_lang) -> None:
 def cmd_ensemble(a, samples, by_lang) -> None:
     folders = dict(a.models)
     queries = {lang: t for lang, (t, _) in by_lang.items()}
-    emb = {name: embed(create_model(folder), samples, queries) for name, folder in folders.items()}
+    models = {name: create_model(folder) for name, folder in folders.items()}
+    emb = {name: embed(model, samples, queries) for name, model in models.items()}
     first = next(iter(emb))
     base = report(first, {lang: t @ emb[first][0].T for lang, t in emb[first][1].items()}, by_lang, None)
     for name in list(emb)[1:]:
         report(name, {lang: t @ emb[name][0].T for lang, t in emb[name][1].items()}, by_lang, base)
     for soup in a.soup:
         parts = soup.split("+")
-        models = [create_model(folders[p]) for p in parts]
-        states = [m.state_dict() for m in models]
-        avg = {k: sum(s[k].float() for s in states) / len(states) if v.is_floating_point() else v
-               for k, v in states[0].items()}
-        models[0].load_state_dict(avg)
-        images, texts = embed(models[0], samples, queries)
+        if not all(same_tokenizer(folders[parts[0]], folders[p]) for p in parts):
+            raise SystemExit(f"soup {soup}: the models tokenize differently; a soup needs checkpoints of one run")
+        avg = models[parts[0]].clip.state_dict()
+        for i, p in enumerate(parts[1:], start=2):  # running mean: after model i, each holds weight 1 / i
+            avg = interpolate(avg, models[p].clip.state_dict(), 1 / i)
+        model = copy.deepcopy(models[parts[0]])
+        model.clip.load_state_dict(avg)
+        images, texts = embed(model, samples, queries)
         report(f"soup {soup}", {lang: t @ images.T for lang, t in texts.items()}, by_lang, base)
     for ens in a.concat:
         parts = ens.split("+")
